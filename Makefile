@@ -1,0 +1,52 @@
+# mailseal: `make run` starts the gateway, `make test` runs the whole suite.
+# Both create .venv and install what they need on a fresh Debian machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Debian packages the tests use: age (interop reference), postfix (a real MTA
+# and smtp-source/smtp-sink), swaks (a real SMTP client).
+DEBIAN_TEST_PACKAGES := age postfix swaks
+
+.PHONY: run test bench venv test-venv debian-packages clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+test-venv: $(VENV)/.installed-test
+
+debian-packages:
+	@missing=""; \
+	for p in $(DEBIAN_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: venv
+	$(VENV)/bin/mailseal -c config/mailseal.toml serve
+
+test: test-venv debian-packages
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-bench debian-packages
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) bench/results run

@@ -1,0 +1,180 @@
+"""Small, exact tools for raw RFC 5322 / MIME bytes.
+
+The standard library's email package re-serialises what it parses; mailseal
+must keep the original byte for byte and handle 50 MB bodies without copying
+them around, so the few operations it needs are done here on raw bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import policy as email_policy
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+WHITESPACE = b" \t\r\n"
+BASE64_LINE_BYTES = 57  # 76 characters a line, as RFC 2045 asks
+_ENCODE_BLOCK = BASE64_LINE_BYTES * 1024
+_DECODE_SLICE = 1 << 18
+
+
+class MimeError(ValueError):
+    """Raw MIME that cannot be taken apart as RFC 2045/2046 describe."""
+
+
+def line_ending(data: bytes | memoryview) -> bytes:
+    """CRLF or LF, as the first line of data ends (CRLF when there is no line)."""
+    end = bytes(data[:4096]).find(b"\n")
+    if end > 0 and data[end - 1] == 0x0D:
+        return b"\r\n"
+    return b"\n" if end >= 0 else b"\r\n"
+
+
+def split_head(data: bytes) -> tuple[bytes, int]:
+    """Return (header block, offset of the body).
+
+    The header block ends at the first empty line; a message with no empty
+    line is all header. The returned block excludes the empty line.
+    """
+    pos = 0
+    while pos < len(data):
+        if data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
+            return data[:pos], pos + (2 if data[pos] == 0x0D else 1)
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return data, len(data)
+        pos = nl + 1
+    return data, len(data)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # as written
+    raw: bytes  # the whole field, folding kept, without the final line ending
+
+    @property
+    def value(self) -> bytes:
+        return self.raw.split(b":", 1)[1]
+
+
+def fields(head: bytes) -> list[Field]:
+    """Split a header block into fields; continuation lines join their field."""
+    out: list[list[bytes]] = []
+    for line in head.split(b"\n"):
+        line = line[:-1] if line.endswith(b"\r") else line
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1].append(line)
+        elif b":" in line:
+            out.append([line])
+        elif line:
+            raise MimeError("header line without a colon")
+    return [Field(lines[0].split(b":", 1)[0].strip().decode("ascii", "replace"), b"\n".join(lines))
+            for lines in out]
+
+
+def parse_headers(head: bytes) -> Message:
+    """The header block as an email.message.Message, for parameter parsing."""
+    return BytesHeaderParser(policy=email_policy.compat32).parsebytes(head + b"\n\n")
+
+
+def reencode_field(field: Field, eol: bytes) -> bytes:
+    """The field as 7-bit text: verbatim when it already is, else RFC 2047 encoded."""
+    lines = field.raw.split(b"\n")
+    if field.raw.isascii() and all(len(line.rstrip(b"\r")) <= 998 for line in lines):
+        return eol.join(line.rstrip(b"\r") for line in lines) + eol
+    policy = email_policy.SMTP.clone(linesep=eol.decode())
+    value = field.value.decode("utf-8", "replace")
+    value = " ".join(part.strip() for part in value.replace("\r", "").split("\n"))
+    header = policy.header_factory(field.name, value)
+    return header.fold(policy=policy).encode("ascii", "replace")
+
+
+def base64_lines(data: bytes | memoryview, eol: bytes) -> Iterator[bytes]:
+    """Base64 of data in 76-character lines, each ending with eol, in blocks."""
+    view = memoryview(data)
+    for start in range(0, len(view), _ENCODE_BLOCK):
+        text = binascii.b2a_base64(view[start : start + _ENCODE_BLOCK], newline=False)
+        yield eol.join([text[i : i + 76] for i in range(0, len(text), 76)]) + eol
+
+
+class Base64Writer:
+    """Accepts bytes in any pieces; yields base64 lines as whole lines fill."""
+
+    def __init__(self, eol: bytes) -> None:
+        self._eol = eol
+        self._pending = bytearray()
+
+    def write(self, data: bytes | memoryview) -> bytes:
+        self._pending += data
+        whole = len(self._pending) - len(self._pending) % _ENCODE_BLOCK
+        if not whole:
+            return b""
+        with memoryview(self._pending) as view, view[:whole] as block:
+            out = b"".join(base64_lines(block, self._eol))
+        del self._pending[:whole]
+        return out
+
+    def close(self) -> bytes:
+        out = b"".join(base64_lines(self._pending, self._eol))
+        self._pending.clear()
+        return out
+
+
+def decode_base64(text: bytes | memoryview) -> Iterator[bytes]:
+    """Decode a base64 body in slices, strictly.
+
+    Line breaks and spaces (which relays may re-wrap) are ignored; any other
+    character outside the alphabet, or padding before the end, is an error.
+    """
+    view = memoryview(text)
+    carry = b""
+    for start in range(0, len(view), _DECODE_SLICE):
+        piece = carry + bytes(view[start : start + _DECODE_SLICE]).translate(None, WHITESPACE)
+        last = start + _DECODE_SLICE >= len(view)
+        usable = len(piece) if last else len(piece) - len(piece) % 4
+        carry = piece[usable:]
+        if not last and b"=" in piece[:usable]:
+            raise MimeError("base64 padding before the end of the part")
+        try:
+            yield binascii.a2b_base64(piece[:usable], strict_mode=True)
+        except binascii.Error as exc:
+            raise MimeError(f"invalid base64 ({exc})") from None
+    if carry:
+        raise MimeError("truncated base64")
+
+
+def find_parts(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
+    """Offsets (start, end) of each body part between boundary delimiters.
+
+    The line ending before a delimiter belongs to the delimiter (RFC 2046);
+    transport padding (spaces) after a delimiter is allowed; the preamble and
+    epilogue are ignored. Raises MimeError unless a close delimiter is found.
+    """
+    marker = b"--" + boundary
+    parts: list[tuple[int, int]] = []
+    start = None
+    pos = 0
+    while True:
+        hit = body.find(marker, pos)
+        if hit < 0:
+            raise MimeError("multipart body has no closing boundary")
+        pos = hit + len(marker)
+        if hit and body[hit - 1] != 0x0A:
+            continue  # not at the start of a line
+        close = body.startswith(b"--", pos)
+        line_end = body.find(b"\n", pos)
+        rest = body[pos + (2 if close else 0) : len(body) if line_end < 0 else line_end]
+        if rest.strip(b" \t\r"):
+            continue  # the marker is only the beginning of a longer line
+        if start is not None:
+            end = hit - 1
+            if end > start and body[end - 1] == 0x0D:
+                end -= 1
+            parts.append((start, max(start, end)))
+        if close:
+            return parts
+        if line_end < 0:
+            raise MimeError("multipart body ends inside a boundary line")
+        start = pos = line_end + 1
