@@ -117,7 +117,8 @@ def write_sealed(
     out.write(
         b"Subject: " + OUTER_SUBJECT + eol
         + b"MIME-Version: 1.0" + eol
-        + b'Content-Type: multipart/encrypted; protocol="' + KEYBLOB_TYPE.encode() + b'";' + eol
+        + b"Content-Type: multipart/encrypted;" + eol
+        + b' protocol="' + KEYBLOB_TYPE.encode() + b'";' + eol
         + b' boundary="' + boundary + b'"' + eol
         + eol
         + PREAMBLE.replace(b"\n", eol)

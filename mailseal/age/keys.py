@@ -30,6 +30,8 @@ def parse_recipient(text: str) -> Recipient:
     text = text.strip()
     if text.upper().startswith("AGE-SECRET-KEY-"):
         raise KeyFormatError("this is a private key (identity), not a recipient")
+    if text.startswith(("ssh-", "ecdsa-")):
+        raise KeyFormatError("SSH keys are not supported; use age1pq1… or age1…")
     if text.lower() != text:
         raise KeyFormatError("recipient strings are lowercase")
     hrp, data = _decode(text, "age recipient")

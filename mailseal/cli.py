@@ -1,0 +1,173 @@
+"""The mailseal command line.
+
+Exit status: 0 done; 1 the message was refused (no identity matches, failed
+authentication); 2 bad usage or bad input. Every error is one line on stderr,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__, age, bundle
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for or gave us: exit status 2."""
+
+
+class Refused(Exception):
+    """The input was understood and refused: exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text file") from None
+
+
+def _read_stdin() -> bytes:
+    if sys.stdin is None or sys.stdin.closed:
+        raise UserError("no standard input")
+    return sys.stdin.buffer.read()
+
+
+# --- keygen, seal, open: offline, no configuration needed -------------------
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    identity = age.generate(classic=args.classic)
+    text = age.identity_file(identity)
+    if args.output:
+        try:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise UserError(f"{args.output} exists; not overwriting a key file") from None
+        except OSError as exc:
+            raise UserError(f"cannot create {args.output}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    if args.output or not sys.stdout.isatty():
+        print(f"Public key: {identity.recipient()}", file=sys.stderr)
+    return 0
+
+
+def _recipients(args: argparse.Namespace) -> list[age.Recipient]:
+    recipients: list[age.Recipient] = []
+    try:
+        for text in args.recipient or ():
+            recipients.append(age.parse_recipient(text))
+        for path in args.recipients_file or ():
+            try:
+                recipients.extend(age.parse_recipients(_read_text(path, "recipients file")))
+            except age.KeyFormatError as exc:
+                raise UserError(f"{path}: {exc}") from None
+    except age.KeyFormatError as exc:
+        raise UserError(f"bad recipient: {exc}") from None
+    if not recipients:
+        raise UserError("no recipient given: use -r RECIPIENT or -R FILE")
+    try:
+        age.check_recipients(recipients)
+    except age.MixedRecipientsError as exc:
+        raise UserError(str(exc)) from None
+    return list(dict.fromkeys(recipients))  # the same key twice gets one stanza
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    recipients = _recipients(args)
+    message = _read_stdin()
+    bundle.write_sealed(message, recipients, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _identities(paths: Sequence[str]) -> list[age.Identity]:
+    identities: list[age.Identity] = []
+    for path in paths:
+        try:
+            identities.extend(age.parse_identities(_read_text(path, "identity file")))
+        except age.KeyFormatError as exc:
+            raise UserError(f"{path}: {exc}") from None
+    return identities
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    identities = _identities(args.identity)
+    message = _read_stdin()
+    try:
+        opened = bundle.open_sealed(message, identities)
+    except bundle.BundleError as exc:
+        raise UserError(str(exc)) from None
+    except age.NoIdentityMatch:
+        raise Refused("none of the given identities can open this message") from None
+    except age.AuthenticationError as exc:
+        raise Refused(str(exc)) from None
+    out = sys.stdout.buffer
+    for chunk in opened.chunks:
+        out.write(chunk)
+    out.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mailseal", description="Mail-encryption gateway built on age v1.")
+    parser.add_argument("--version", action="version", version=f"mailseal {__version__}")
+    parser.add_argument("-c", "--config", metavar="CONFIG",
+                        help="configuration file (default: $MAILSEAL_CONFIG, "
+                             "/etc/mailseal/mailseal.toml, ./config/mailseal.toml)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    p = commands.add_parser("keygen", help="generate an identity, like age-keygen")
+    p.add_argument("--classic", action="store_true", help="X25519 instead of post-quantum hybrid")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600), not stdout")
+    p.set_defaults(func=cmd_keygen)
+
+    p = commands.add_parser("seal", help="seal the message on stdin for recipients")
+    p.add_argument("-r", "--recipient", action="append", metavar="RECIPIENT",
+                   help="age1pq1… or age1… public key (repeatable)")
+    p.add_argument("-R", "--recipients-file", action="append", metavar="FILE",
+                   help="file of public keys, one a line (repeatable)")
+    p.set_defaults(func=cmd_seal)
+
+    p = commands.add_parser("open", help="open the sealed message on stdin")
+    p.add_argument("-i", "--identity", action="append", metavar="IDENTITY_FILE", required=True,
+                   help="identity file, as keygen writes (repeatable)")
+    p.set_defaults(func=cmd_open)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"mailseal: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Refused as exc:
+        print(f"mailseal: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except BrokenPipeError:
+        # The reader went away (mailseal open … | head): not our error to report.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
