@@ -84,8 +84,8 @@ def _outer_headers(message: bytes, eol: bytes, date: int) -> bytes:
         kept = [f for f in mime.fields(head) if f.name.lower() in KEPT_HEADERS]
     except mime.MimeError:
         kept = []  # an unparseable header block still gets sealed, whole
-    out = [mime.reencode_field(f, eol) for f in kept]
-    if not any(f.name.lower() == "date" for f in kept):
+    out = [text for text in (mime.reencode_field(f, eol) for f in kept) if text]
+    if not any(line.lower().startswith(b"date:") for line in out):
         out.append(b"Date: " + _rfc5322_date(date) + eol)
     return b"".join(out)
 

@@ -11,6 +11,7 @@ import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy as email_policy
+from email.header import Header
 from email.message import Message
 from email.parser import BytesHeaderParser
 
@@ -79,16 +80,39 @@ def parse_headers(head: bytes) -> Message:
     return BytesHeaderParser(policy=email_policy.compat32).parsebytes(head + b"\n\n")
 
 
-def reencode_field(field: Field, eol: bytes) -> bytes:
-    """The field as 7-bit text: verbatim when it already is, else RFC 2047 encoded."""
-    lines = field.raw.split(b"\n")
-    if field.raw.isascii() and all(len(line.rstrip(b"\r")) <= 998 for line in lines):
-        return eol.join(line.rstrip(b"\r") for line in lines) + eol
+def _well_formed(folded: bytes, eol: bytes) -> bool:
+    """A 7-bit field whose continuation lines all start with white space."""
+    if not folded.endswith(eol) or not folded.isascii():
+        return False
+    lines = folded[: -len(eol)].split(eol)
+    return all(
+        0 < len(line) <= 998 and b"\r" not in line and b"\n" not in line and b"\x00" not in line
+        and (i == 0 or (line[:1] in (b" ", b"\t") and line.strip()))
+        for i, line in enumerate(lines)
+    )
+
+
+def reencode_field(field: Field, eol: bytes) -> bytes | None:
+    """The field as 7-bit text: verbatim when it already is, else RFC 2047 encoded.
+
+    Returns None for a field that cannot be made well-formed; the caller
+    leaves it out (the original travels intact inside the ciphertext).
+    """
+    verbatim = eol.join(line.rstrip(b"\r") for line in field.raw.split(b"\n")) + eol
+    if _well_formed(verbatim, eol):
+        return verbatim
     policy = email_policy.SMTP.clone(linesep=eol.decode())
-    value = field.value.decode("utf-8", "replace")
-    value = " ".join(part.strip() for part in value.replace("\r", "").split("\n"))
-    header = policy.header_factory(field.name, value)
-    return header.fold(policy=policy).encode("ascii", "replace")
+    value = field.value.decode("utf-8", "replace").replace("\x00", "")
+    value = " ".join(part.strip() for part in value.replace("\r", "\n").split("\n"))
+    candidates = []
+    try:
+        candidates.append(policy.header_factory(field.name, value).fold(policy=policy).encode("ascii"))
+    except Exception:  # noqa: BLE001 - the stdlib address parser crashes on some junk
+        pass
+    # Not a parseable address list: encode it as plain text instead.
+    text = Header(value, "utf-8", header_name=field.name).encode(linesep=eol.decode())
+    candidates.append(f"{field.name}: {text}".encode("ascii", "replace") + eol)
+    return next((c for c in candidates if _well_formed(c, eol)), None)
 
 
 def base64_lines(data: bytes | memoryview, eol: bytes) -> Iterator[bytes]:

@@ -1,0 +1,54 @@
+"""mailseal's own bundle vectors (tests/vectors/), data with an `expect` field."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mailseal import age, bundle
+
+from .vectors import make_vectors
+
+FILES = sorted((Path(__file__).parent / "vectors").glob("*.txt"))
+EXPECTS = {"success", "not sealed", "malformed", "no match", "tampered"}
+
+
+def outcome(data: bytes, identities) -> tuple[str, bundle.Opened | None]:
+    try:
+        return "success", bundle.open_sealed(data, identities)
+    except bundle.NotSealed:
+        return "not sealed", None
+    except bundle.MalformedBundle:
+        return "malformed", None
+    except age.NoIdentityMatch:
+        return "no match", None
+    except age.AuthenticationError:
+        return "tampered", None
+
+
+def test_there_are_vectors_of_every_kind():
+    kinds = {make_vectors.parse(f.read_bytes())[0]["expect"] for f in FILES}
+    assert kinds == EXPECTS
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_vector(path: Path):
+    meta, data = make_vectors.parse(path.read_bytes())
+    got, opened = outcome(data, [age.parse_identity(meta["identity"])])
+    assert got == meta["expect"], meta["comment"]
+    if got == "success":
+        assert hashlib.sha256(opened.message).hexdigest() == meta["payload"]
+        assert (opened.date, opened.serial) == (int(meta["date"]), meta["serial"])
+
+
+# Post-quantum vectors use HPKE randomness inside OpenSSL: not reproducible.
+REPRODUCIBLE = [f for f in FILES if make_vectors.parse(f.read_bytes())[0]["reproducible"] == "yes"]
+
+
+@pytest.mark.parametrize("path", REPRODUCIBLE, ids=[f.stem for f in REPRODUCIBLE])
+def test_reproducible_vectors_regenerate_identically(path: Path):
+    """Pins the wire format: a change to how bundles are written shows here."""
+    meta, data = make_vectors.parse(path.read_bytes())
+    assert make_vectors.build()[path.stem] == (meta, data)

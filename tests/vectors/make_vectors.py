@@ -1,0 +1,194 @@
+"""Generate mailseal's own bundle test vectors (tests/vectors/*.txt).
+
+Run from the project root: `python -m tests.vectors.make_vectors`.
+Each file is a text header (`expect:`, `identity:`, `payload:` = SHA-256 of the
+opened message, `date:`, `serial:`, `comment:`), an empty line, then the
+bundle bytes exactly as they travel. `expect` is one of: success, not sealed,
+malformed, no match, tampered.
+
+Classic (X25519) vectors use a seeded randomness source, so they are
+reproducible: tests regenerate them and compare bytes, which pins the format.
+Post-quantum ones cannot be (HPKE draws its randomness inside OpenSSL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+from mailseal import age, bundle, mime
+from mailseal.age.header import encode_header
+
+HERE = Path(__file__).resolve().parent
+NOW = 1_795_000_000  # Wed, 18 Nov 2026 11:06:40 +0000
+# Fixed test identities; never use them for anything else.
+IDENTITY = age.X25519Identity(hashlib.sha256(b"mailseal test vector identity").digest())
+OTHER = age.X25519Identity(hashlib.sha256(b"mailseal test vector other").digest())
+PQ_IDENTITY = age.HybridIdentity(hashlib.sha256(b"mailseal test vector pq identity").digest())
+
+MESSAGE = (
+    b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n"
+    b"Subject: test vector\r\nDate: Thu, 19 Nov 2026 09:00:00 +0000\r\n"
+    b"Message-ID: <vector@example.org>\r\n\r\nHello Bob.\r\n.\r\nFrom here on.\r\n"
+)
+
+
+def seeded(name: str):
+    counter = [0]
+
+    def rng(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            counter[0] += 1
+            out += hashlib.sha256(f"{name}/{counter[0]}".encode()).digest()
+        return out[:n]
+
+    return rng
+
+
+def sealed(name: str, message: bytes = MESSAGE, identity=IDENTITY) -> bytes:
+    return bundle.seal(message, [identity.recipient()], now=NOW, rng=seeded(name))
+
+
+def _parts(data: bytes) -> tuple[bytes, bytes]:
+    key = re.search(rb"Mailseal-Serial: \w+\r?\n\r?\n([A-Za-z0-9+/=\r\n]+?)\r?\n--", data).group(1)
+    pay = re.search(rb"octet-stream\r?\nContent-Transfer-Encoding: base64\r?\n\r?\n([A-Za-z0-9+/=\r\n]+?)\r?\n--",
+                    data).group(1)
+    return key, pay
+
+
+def replace_part(data: bytes, index: int, new_decoded: bytes) -> bytes:
+    eol = mime.line_ending(data)
+    old = _parts(data)[index]
+    return data.replace(old, b"".join(mime.base64_lines(new_decoded, eol))[: -len(eol)], 1)
+
+
+def decoded(data: bytes, index: int) -> bytes:
+    return b"".join(mime.decode_base64(_parts(data)[index]))
+
+
+def flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+
+def with_header(stanzas_edit, name: str) -> bytes:
+    """A bundle whose age header was rebuilt (validly MACed) with edited stanzas."""
+    rng = seeded(name)
+    file_key = rng(16)
+    stanzas = [IDENTITY.recipient().wrap(file_key, rng)]
+    stanzas = stanzas_edit(stanzas)
+    header = encode_header(stanzas, file_key)
+    payload = b"".join(age.encrypt_payload(file_key, MESSAGE, rng))
+    base = sealed(name)
+    return replace_part(replace_part(base, 0, header), 1, payload)
+
+
+def serial_of(data: bytes) -> str:
+    return re.search(rb"Mailseal-Serial: (\w+)", data).group(1).decode()
+
+
+def build() -> dict[str, tuple[dict[str, str], bytes]]:
+    """name -> (metadata, bundle bytes)."""
+    v: dict[str, tuple[dict[str, str], bytes]] = {}
+
+    def add(name, expect, data, comment, identity=IDENTITY, message=MESSAGE, reproducible=True):
+        meta = {"expect": expect, "identity": str(identity), "comment": comment}
+        if expect == "success":
+            meta["payload"] = hashlib.sha256(message).hexdigest()
+            meta["date"] = str(NOW)
+            meta["serial"] = serial_of(data)
+        meta["reproducible"] = "yes" if reproducible else "no"
+        v[name] = (meta, data)
+
+    add("success_crlf", "success", sealed("success_crlf"), "X25519 bundle, CRLF line ends")
+    lf = MESSAGE.replace(b"\r\n", b"\n")
+    add("success_lf", "success", sealed("success_lf", lf), "X25519 bundle of an LF message", message=lf)
+    add("success_empty", "success", sealed("success_empty", b""), "the empty message", message=b"")
+    add("success_pq", "success", bundle.seal(MESSAGE, [PQ_IDENTITY.recipient()], now=NOW),
+        "mlkem768x25519 bundle (not reproducible: HPKE randomness)", identity=PQ_IDENTITY,
+        reproducible=False)
+    base = sealed("success_relayed")
+    relayed = (b"Received: from relay.example.net\r\n\tby mx.example.org; Thu, 19 Nov 2026\r\n"
+               + base.replace(b"This message is sealed", b"A relay rewrote this preamble. Sealed")
+               + b"\r\nepilogue added by a list server\r\n")
+    add("success_relayed", "success", relayed, "Received header, changed preamble, added epilogue")
+    add("not_sealed_plain", "not sealed", MESSAGE, "an ordinary message")
+    add("not_sealed_pgp", "not sealed",
+        b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary=b\r\n\r\n'
+        b"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b--\r\n",
+        "PGP/MIME is not a mailseal bundle")
+    add("no_match", "no match", sealed("no_match", identity=OTHER), "sealed to another key")
+    base = sealed("tampered_payload")
+    add("tampered_payload", "tampered", replace_part(base, 1, flip(decoded(base, 1), 30)),
+        "one bit of the ciphertext flipped")
+    base = sealed("tampered_mac")
+    key = decoded(base, 0)
+    add("tampered_mac", "tampered", replace_part(base, 0, flip(key, len(key) - 3)),
+        "one bit of the header MAC flipped")
+    base = sealed("truncated_payload")
+    add("truncated_payload", "tampered", replace_part(base, 1, decoded(base, 1)[:-1]),
+        "the last byte of the ciphertext is missing")
+    a, b = sealed("swapped_a"), sealed("swapped_b", MESSAGE.replace(b"Hello", b"Howdy"))
+    add("swapped_keyblob", "tampered", replace_part(b, 0, decoded(a, 0)),
+        "the key blob of another bundle (the visible headers left alone)")
+    base = sealed("visible_date_changed")
+    changed = base.replace(b"Mailseal-Date: Wed, 18 Nov 2026 11:06:40 +0000",
+                           b"Mailseal-Date: Wed, 18 Nov 2026 11:06:41 +0000")
+    assert changed != base
+    add("visible_date_changed", "tampered", changed,
+        "Mailseal-Date differs from the authenticated date")
+    base = sealed("visible_serial_changed")
+    s = serial_of(base)
+    add("visible_serial_changed", "tampered",
+        base.replace(s.encode(), ("0" if s[0] != "0" else "1").encode() + s[1:].encode(), 1),
+        "Mailseal-Serial differs from the authenticated serial")
+    add("no_replay_stanza", "malformed", with_header(lambda st: st, "no_replay_stanza"),
+        "a valid age header without the replay stanza")
+    add("two_replay_stanzas", "malformed",
+        with_header(lambda st: st + [bundle.replay_stanza(NOW, "0" * 32), bundle.replay_stanza(NOW, "1" * 32)],
+                    "two_replay_stanzas"),
+        "two replay stanzas")
+    add("bad_replay_serial", "malformed",
+        with_header(lambda st: st + [age.Stanza(bundle.REPLAY_STANZA, (str(NOW), "ABC"), b"")], "bad_replay_serial"),
+        "the authenticated serial is not 32 lowercase hex digits")
+    base = sealed("no_close_boundary")
+    add("no_close_boundary", "malformed", base[: base.rindex(b"--=_mailseal_")], "truncated: no close delimiter")
+    base = sealed("three_parts")
+    boundary = re.search(rb"--(=_mailseal_\w+)--", base).group(1)
+    add("three_parts", "malformed",
+        base.replace(b"--" + boundary + b"--", b"--" + boundary + b"\r\n\r\nextra\r\n--" + boundary + b"--"),
+        "a third body part")
+    base = sealed("keyblob_trailing_data")
+    add("keyblob_trailing_data", "malformed", replace_part(base, 0, decoded(base, 0) + b"x"),
+        "bytes after the age header in the key blob")
+    base = sealed("bad_base64")
+    k = _parts(base)[1]
+    add("bad_base64", "malformed", base.replace(k, k[:10] + b"*" + k[11:], 1), "a non-base64 character")
+    base = sealed("no_serial_header")
+    add("no_serial_header", "malformed", re.sub(rb"Mailseal-Serial: \w+\r\n", b"", base),
+        "the key blob lacks Mailseal-Serial")
+    base = sealed("no_nonce")
+    add("no_nonce", "malformed", replace_part(base, 1, decoded(base, 1)[:10]), "payload shorter than its nonce")
+    return v
+
+
+def render(meta: dict[str, str], data: bytes) -> bytes:
+    return "".join(f"{k}: {v}\n" for k, v in meta.items()).encode() + b"\n" + data
+
+
+def parse(raw: bytes) -> tuple[dict[str, str], bytes]:
+    head, _, data = raw.partition(b"\n\n")
+    meta = dict(line.split(": ", 1) for line in head.decode().splitlines())
+    return meta, data
+
+
+def main() -> int:
+    for name, (meta, data) in build().items():
+        (HERE / f"{name}.txt").write_bytes(render(meta, data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
