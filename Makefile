@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 # Debian packages the tests use: age (interop reference), postfix (a real MTA
 # and smtp-source/smtp-sink), swaks (a real SMTP client).
 DEBIAN_TEST_PACKAGES := age postfix swaks
+# and for `make bench`: GNU time (peak memory of each measured process).
+DEBIAN_BENCH_PACKAGES := $(DEBIAN_TEST_PACKAGES) time
 
 .PHONY: run test bench venv test-venv debian-packages clean
 
@@ -29,7 +31,7 @@ test-venv: $(VENV)/.installed-test
 
 debian-packages:
 	@missing=""; \
-	for p in $(DEBIAN_TEST_PACKAGES); do \
+	for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -42,9 +44,11 @@ debian-packages:
 run: venv
 	$(VENV)/bin/mailseal -c config/mailseal.toml serve
 
+test: DEBIAN_PACKAGES = $(DEBIAN_TEST_PACKAGES)
 test: test-venv debian-packages
 	$(PY) -m pytest -q
 
+bench: DEBIAN_PACKAGES = $(DEBIAN_BENCH_PACKAGES)
 bench: $(VENV)/.installed-bench debian-packages
 	$(PY) bench/run.py
 

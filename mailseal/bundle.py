@@ -17,9 +17,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from datetime import timezone
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.utils import format_datetime, parsedate_to_datetime
 from typing import BinaryIO
 
 from . import age, mime
@@ -90,8 +89,15 @@ def _outer_headers(message: bytes, eol: bytes, date: int) -> bytes:
     return b"".join(out)
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _rfc5322_date(date: int) -> bytes:
-    return format_datetime(datetime.fromtimestamp(date, timezone.utc)).encode()
+    """RFC 5322 date in UTC, with English names whatever the locale."""
+    t = time.gmtime(date)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000").encode()
 
 
 def write_sealed(
@@ -138,10 +144,8 @@ def write_sealed(
         + b"Content-Transfer-Encoding: base64" + eol
         + eol
     )
-    writer = mime.Base64Writer(eol)
-    for piece in age.encrypt_payload(file_key, message, rng):
-        out.write(writer.write(piece))
-    out.write(writer.close())
+    for lines in mime.base64_stream(age.encrypt_payload(file_key, message, rng), eol):
+        out.write(lines)
     out.write(b"--" + boundary + b"--" + eol)
     return date, serial
 
@@ -213,8 +217,13 @@ def _visible(part: _Part) -> tuple[int, str]:
     serial_text = part.headers.get(SERIAL_HEADER)
     if date_text is None or serial_text is None:
         raise MalformedBundle(f"the key blob lacks {DATE_HEADER} or {SERIAL_HEADER}")
+    from email.utils import parsedate_to_datetime
+
     try:
-        date = int(parsedate_to_datetime(str(date_text)).timestamp())
+        parsed = parsedate_to_datetime(str(date_text))
+        if parsed.tzinfo is None:  # "-0000": no zone given; the sealer wrote UTC
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        date = int(parsed.timestamp())
     except (TypeError, ValueError):
         raise MalformedBundle(f"unreadable {DATE_HEADER}") from None
     return date, str(serial_text).strip().lower()

@@ -40,25 +40,45 @@ def payload_size(plaintext_size: int) -> int:
     return NONCE_SIZE + plaintext_size + chunks * TAG_SIZE
 
 
+# 57 encrypted chunks are a whole number of base64 lines (57 bytes a line),
+# so pieces of that size can be base64-encoded independently.
+SEGMENT_CHUNKS = 57
+
+
 def encrypt_payload(
     file_key: bytes, plaintext: bytes | memoryview, rng: Callable[[int], bytes] = os.urandom
-) -> Iterator[bytes]:
-    """Yield the payload: the nonce, then one encrypted chunk at a time."""
+) -> Iterator[memoryview]:
+    """Yield the payload (nonce, then the encrypted chunks) in pieces.
+
+    Every piece but the last is exactly SEGMENT_CHUNKS * ENCRYPTED_CHUNK_SIZE
+    bytes long (a multiple of 57), whatever the nonce offset; each is encrypted
+    in place into its own buffer (encrypt_into), so the whole ciphertext never
+    sits in memory at once.
+    """
     nonce = rng(NONCE_SIZE)
-    yield nonce
     aead = _payload_key(file_key, nonce)
     view = memoryview(plaintext)
-    total = len(view)
-    counter = 0
-    offset = 0
-    while True:
-        end = offset + CHUNK_SIZE
-        final = end >= total
-        yield aead.encrypt(_chunk_nonce(counter, final), view[offset:end], None)
-        if final:
-            return
-        offset = end
-        counter += 1
+    chunks = max(1, -(-len(view) // CHUNK_SIZE))
+    carry = nonce
+    for first in range(0, chunks, SEGMENT_CHUNKS):
+        last = min(chunks, first + SEGMENT_CHUNKS)
+        end = min(len(view), last * CHUNK_SIZE)
+        buffer = bytearray(NONCE_SIZE + end - first * CHUNK_SIZE + (last - first) * TAG_SIZE)
+        out = memoryview(buffer)
+        pos = NONCE_SIZE
+        for index in range(first, last):
+            piece = view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+            size = len(piece) + TAG_SIZE
+            aead.encrypt_into(_chunk_nonce(index, index == chunks - 1), piece, None, out[pos : pos + size])
+            pos += size
+        # This segment's buffer starts with the 16 bytes the previous one
+        # held back (the nonce, the first time), and holds back its own last 16.
+        out[:NONCE_SIZE] = carry
+        if last == chunks:
+            yield out
+        else:
+            carry = bytes(out[-NONCE_SIZE:])
+            yield out[:-NONCE_SIZE]
 
 
 class PayloadDecryptor:

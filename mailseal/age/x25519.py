@@ -8,7 +8,6 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import b64, bech32
 from .errors import HeaderError
@@ -23,7 +22,7 @@ FILE_KEY_SIZE = 16
 
 
 def _raw(public: X25519PublicKey) -> bytes:
-    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return public.public_bytes_raw()
 
 
 def _exchange(private: X25519PrivateKey, public: bytes) -> bytes:
