@@ -13,18 +13,16 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__, age, bundle
+from . import __version__, age, bundle, cli_keys
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for or gave us: exit status 2."""
-
-
-class Refused(Exception):
-    """The input was understood and refused: exit status 1."""
+# A mistake in what the user asked for or gave us: exit status 2.
+UserError = cli_keys.UserError
+# The input was understood and refused: exit status 1.
+Refused = cli_keys.Refused
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +124,50 @@ def cmd_open(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- check-config --------------------------------------------------------------
+
+def _private_file_problem(path, what: str) -> str | None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{what} {path}: cannot stat: {exc.strerror}"
+    if mode & 0o077:
+        return f"{what} {path} is readable or writable by others (mode {mode & 0o777:o}); chmod 600 it"
+    return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration and what it points at; list every problem."""
+    from .keystore import KeystoreError, open_keystore
+
+    cfg = cli_keys.load_config(args)
+    problems = []
+    ks = cfg.keystore
+    for path, what in ((ks.path, "keystore"), (ks.master_key_file, "master key")):
+        if path is not None:
+            problem = _private_file_problem(path, what)
+            if problem:
+                problems.append(problem)
+    if ks.path.exists():
+        try:
+            with open_keystore(ks, create=False) as store:
+                store.master()
+        except KeystoreError as exc:
+            problems.append(str(exc))
+    else:
+        print(f"note: keystore {ks.path} does not exist yet; it is created on first use")
+    if cfg.outbound is None and cfg.inbound is None:
+        problems.append("no [outbound] or [inbound] section: `mailseal serve` would have nothing to run")
+    for problem in problems:
+        print(f"{cfg.source}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(f"{cfg.source}: configuration OK")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailseal", description="Mail-encryption gateway built on age v1.")
     parser.add_argument("--version", action="version", version=f"mailseal {__version__}")
@@ -151,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--identity", action="append", metavar="IDENTITY_FILE", required=True,
                    help="identity file, as keygen writes (repeatable)")
     p.set_defaults(func=cmd_open)
+
+    p = commands.add_parser("check-config", help="validate the configuration and the keystore")
+    p.set_defaults(func=cmd_check_config)
+
+    cli_keys.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,335 @@
+"""`mailseal keys …` and `mailseal policy …`: the administrator's key management.
+
+Every failure is a UserError (one line, exit status 2), except a broken audit
+chain under `keys audit --verify`, which is a refusal (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import age, config as config_mod
+from .addresses import AddressError, parse_owner
+from .keystore import (
+    POLICIES,
+    KeyRecord,
+    KeystoreError,
+    SQLiteKeyStore,
+    open_keystore,
+    parse_cards,
+    render_card,
+)
+from .keystore.audit import first_broken
+
+
+class UserError(Exception):
+    pass
+
+
+class Refused(Exception):
+    pass
+
+
+def load_config(args: argparse.Namespace) -> config_mod.Config:
+    path = config_mod.find_config(args.config)
+    if path is None:
+        raise UserError("no configuration file: give -c CONFIG, set $MAILSEAL_CONFIG, or create "
+                        "/etc/mailseal/mailseal.toml")
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _store(args: argparse.Namespace, create: bool) -> SQLiteKeyStore:
+    cfg = load_config(args)
+    try:
+        return open_keystore(cfg.keystore, create=create, actor=f"cli:{_user()}")
+    except KeystoreError as exc:
+        if not create and not cfg.keystore.path.exists():
+            raise UserError(f"keystore {cfg.keystore.path} does not exist yet (`keys generate`, "
+                            "`keys import` or `policy set` creates it)") from None
+        raise UserError(str(exc)) from None
+
+
+def _user() -> str:
+    from .keystore.sqlite import default_actor
+
+    return default_actor()
+
+
+def _owner(text: str) -> str:
+    try:
+        return parse_owner(text)
+    except AddressError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _target(text: str) -> str:
+    """A fingerprint as given, or an address/@domain in stored form."""
+    from .keystore.fingerprint import looks_like_fingerprint
+
+    return text.strip() if looks_like_fingerprint(text) and "@" not in text else _owner(text)
+
+
+def _expires(text: str | None) -> int | None:
+    if text is None or text == "never":
+        return None
+    try:
+        return int(time.time()) + config_mod.parse_duration(text, "--expires")
+    except config_mod.ConfigError:
+        pass
+    try:
+        import calendar
+
+        return calendar.timegm(time.strptime(text, "%Y-%m-%d"))
+    except ValueError:
+        raise UserError(f"--expires: expected a duration (365d) or a date (2027-12-31), got {text!r}") from None
+
+
+def _when(ts: int | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _run(args: argparse.Namespace, create: bool, action):
+    with _store(args, create) as store:
+        try:
+            return action(store)
+        except KeystoreError as exc:
+            raise UserError(str(exc)) from None
+
+
+# --- keys ------------------------------------------------------------------------
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    owner = _owner(args.owner)
+    expires = _expires(args.expires)
+    record = _run(args, True, lambda s: s.generate(owner, classic=args.classic, label=args.label or "",
+                                                   expires=expires))
+    print(f"generated {record.kind} key {record.fingerprint} for {owner}")
+    print(f"give its public key to your partners: mailseal keys export {owner}")
+    return 0
+
+
+def _read_import_source(source: str) -> tuple[str, str]:
+    """(text, description) of a recipient string, a file, or - for stdin."""
+    if source.startswith("age1"):
+        return source, "imported from the command line"
+    if source.upper().startswith("AGE-SECRET-KEY-"):
+        raise UserError("that is a private key; import the partner's public key (age1pq1…/age1…)")
+    if source == "-":
+        return sys.stdin.read(), "imported from standard input"
+    try:
+        return Path(source).read_text(encoding="utf-8"), f"imported from {source}"
+    except FileNotFoundError:
+        raise UserError(f"{source}: not a recipient (age1pq1…/age1…) and no such file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {source}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{source} is not a text file") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    owner = _owner(args.owner)
+    text, where = _read_import_source(args.source)
+    expires = _expires(args.expires)
+    try:
+        cards = parse_cards(text)
+    except KeystoreError as exc:
+        raise UserError(str(exc)) from None
+    if cards is not None:
+        for card in cards:
+            if _owner(card.owner) != owner:
+                raise UserError(f"the key card is for {card.owner}, not {owner}")
+        keys = [(owner, c.recipient, expires if expires is not None else c.expires) for c in cards]
+    else:
+        try:
+            keys = [(owner, r, expires) for r in age.parse_recipients(text)]
+        except age.KeyFormatError as exc:
+            if where.endswith("command line"):
+                raise UserError(f"bad recipient {args.source!r}: {str(exc).removeprefix('line 1: ')}") from None
+            raise UserError(f"{where.removeprefix('imported from ')}: {exc}") from None
+    records = _run(args, True, lambda s: s.import_many(keys, label=args.label or "", source=where))
+    for record in records:
+        print(f"imported {record.kind} key {record.fingerprint} for {owner}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    owner = _owner(args.owner)
+    records = _run(args, False, lambda s: s.export(owner))
+    sys.stdout.write("\n".join(render_card(r) for r in records))
+    return 0
+
+
+def _as_rows(records: list[KeyRecord]) -> list[list[str]]:
+    now = time.time()
+    rows = [["OWNER", "SCOPE", "TYPE", "FINGERPRINT", "STATUS", "CREATED", "EXPIRES", "LABEL"]]
+    for r in records:
+        rows.append([r.owner, r.scope, r.kind, r.fingerprint, r.status(now), _when(r.created),
+                     _when(r.expires), r.label])
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    records = _run(args, False, lambda s: s.list_keys())
+    if args.json:
+        json.dump([r.as_dict() for r in records], sys.stdout, indent=2)
+        print()
+    elif records:
+        print(_table(_as_rows(records)))
+    else:
+        print("no keys (add some with `mailseal keys generate` or `mailseal keys import`)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    target = _target(args.target)
+    records = _run(args, False, lambda s: s.find(target))
+    if not records:
+        raise UserError(f"no key matches {args.target}")
+    for r in records:
+        info = r.as_dict()
+        info.pop("id")
+        for name in ("created", "expires", "retired", "revoked"):
+            info[name] = "-" if info[name] is None else time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                       time.gmtime(info[name]))
+        width = max(map(len, info))
+        print("\n".join(f"{k + ':':<{width + 1}} {v if v not in (None, '') else '-'}" for k, v in info.items()))
+        print()
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    target = _target(args.target)
+    records = _run(args, False, lambda s: s.revoke(target, args.reason or ""))
+    for r in records:
+        print(f"revoked {r.scope} key {r.fingerprint} of {r.owner}")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    owner = _owner(args.owner)
+    new, retired = _run(args, False, lambda s: s.rotate(owner))
+    print(f"new {new.kind} key {new.fingerprint} for {owner}; retired (still opens mail): "
+          + ", ".join(r.fingerprint for r in retired))
+    print(f"give the new public key to your partners: mailseal keys export {owner}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    target = _target(args.target)
+    records = _run(args, False, lambda s: s.delete(target))
+    for r in records:
+        print(f"deleted {r.scope} key {r.fingerprint} of {r.owner}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    entries = _run(args, False, lambda s: s.audit_entries())
+    if args.verify:
+        broken = first_broken(entries)
+        if broken:
+            raise Refused(f"audit log entry {broken[0]} {broken[1]}: the keystore was edited outside mailseal")
+        head = entries[-1].hash if entries else "-"
+        print(f"audit log intact: {len(entries)} entries, head {head}")
+        return 0
+    if args.json:
+        json.dump([e.__dict__ for e in entries], sys.stdout, indent=2)
+        print()
+        return 0
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at))
+        detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))
+        print(f"{e.seq:>5}  {when}  {e.actor:<16} {e.action:<16} {e.subject}  {detail}")
+    return 0
+
+
+# --- policy ------------------------------------------------------------------------
+
+def cmd_policy_set(args: argparse.Namespace) -> int:
+    owner = _owner(args.owner)
+    _run(args, True, lambda s: s.set_policy(owner, args.policy))
+    print(f"policy for {owner}: {args.policy}")
+    return 0
+
+
+def cmd_policy_unset(args: argparse.Namespace) -> int:
+    owner = _owner(args.owner)
+    _run(args, False, lambda s: s.unset_policy(owner))
+    print(f"policy for {owner} removed (the default applies)")
+    return 0
+
+
+def cmd_policy_list(args: argparse.Namespace) -> int:
+    rows = _run(args, False, lambda s: s.list_policies())
+    if args.json:
+        json.dump([{"owner": o, "policy": p, "updated": u} for o, p, u in rows], sys.stdout, indent=2)
+        print()
+    elif rows:
+        print(_table([["OWNER", "POLICY", "UPDATED"]] + [[o, p, _when(u)] for o, p, u in rows]))
+    else:
+        print("no policies set: every recipient gets the default policy")
+    return 0
+
+
+def add_commands(commands) -> None:
+    keys = commands.add_parser("keys", help="manage keys in the keystore").add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True)
+    p = keys.add_parser("generate", help="new local identity (post-quantum unless --classic)")
+    p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
+    p.add_argument("--classic", action="store_true", help="X25519, for partners on older tools")
+    p.add_argument("--label", help="free text shown in lists")
+    p.add_argument("--expires", metavar="DURATION|DATE", help="e.g. 365d or 2027-12-31 (default: never)")
+    p.set_defaults(func=cmd_generate)
+    p = keys.add_parser("import", help="a partner's public key, a file of them, or an exported card")
+    p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
+    p.add_argument("source", metavar="RECIPIENT|FILE", help="age1pq1…/age1… key, a file, or - for stdin")
+    p.add_argument("--label", help="free text shown in lists")
+    p.add_argument("--expires", metavar="DURATION|DATE", help="e.g. 365d or 2027-12-31")
+    p.set_defaults(func=cmd_import)
+    p = keys.add_parser("export", help="public key card(s) of a local identity")
+    p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
+    p.set_defaults(func=cmd_export)
+    p = keys.add_parser("list", help="every key, as a table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+    p = keys.add_parser("show", help="details of keys")
+    p.add_argument("target", metavar="ADDRESS|@DOMAIN|FINGERPRINT")
+    p.set_defaults(func=cmd_show)
+    p = keys.add_parser("revoke", help="never seal to a key again")
+    p.add_argument("target", metavar="ADDRESS|@DOMAIN|FINGERPRINT")
+    p.add_argument("--reason", help="why, for the audit log")
+    p.set_defaults(func=cmd_revoke)
+    p = keys.add_parser("rotate", help="new local identity; the old one keeps opening mail")
+    p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
+    p.set_defaults(func=cmd_rotate)
+    p = keys.add_parser("delete", help="remove keys for good")
+    p.add_argument("target", metavar="ADDRESS|@DOMAIN|FINGERPRINT")
+    p.set_defaults(func=cmd_delete)
+    p = keys.add_parser("audit", help="the audit log of every change")
+    p.add_argument("--verify", action="store_true", help="check the hash chain (exit 1 if broken)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_audit)
+
+    policy = commands.add_parser("policy", help="sealing policy per address or domain").add_subparsers(
+        dest="policy_command", metavar="ACTION", required=True)
+    p = policy.add_parser("set", help="require | opportunistic | plain")
+    p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
+    p.add_argument("policy", choices=POLICIES)
+    p.set_defaults(func=cmd_policy_set)
+    p = policy.add_parser("unset", help="back to the default policy")
+    p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
+    p.set_defaults(func=cmd_policy_unset)
+    p = policy.add_parser("list", help="every policy set")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_policy_list)

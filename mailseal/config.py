@@ -1,0 +1,244 @@
+"""The TOML configuration, validated into frozen dataclasses.
+
+Every mistake is reported as ConfigError with where it is ("[inbound]
+replay_window") and what is wrong; relative paths are relative to the
+directory of the config file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LOCATIONS = (Path("/etc/mailseal/mailseal.toml"), Path("config/mailseal.toml"))
+POLICIES = ("require", "opportunistic", "plain")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class KeystoreConfig:
+    path: Path
+    master_key_file: Path | None
+    passphrase_env: str | None  # derive the master key from this variable (Argon2id)
+    parent_domains: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NextHop:
+    endpoint: Endpoint | None = None
+    maildir: Path | None = None
+    starttls: bool = False
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    listen: Endpoint
+    protocol: str
+    next_hop: NextHop
+    default_policy: str
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    listen: Endpoint
+    protocol: str
+    next_hop: NextHop
+    on_failure: str
+    replay_window: int  # seconds
+    max_clock_skew: int  # seconds
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    allowed_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    max_message_size: int
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None
+    keystore: KeystoreConfig
+    server: ServerConfig
+    outbound: OutboundConfig | None = None
+    inbound: InboundConfig | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+
+_DURATION = re.compile(r"(\d+)\s*(s|m|h|d|w)?")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?", re.I)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_duration(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f"{where}: expected a duration such as \"7d\", \"1h\" or \"90s\", got {value!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_size(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"{where}: expected a size such as \"50MB\", got {value!r}")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+
+
+def parse_endpoint(value: object, where: str) -> Endpoint:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected \"host:port\", got {value!r}")
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
+    if not m:
+        raise ConfigError(f"{where}: expected \"host:port\" (IPv6 as \"[::1]:port\"), got {value!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ConfigError(f"{where}: port {port} is out of range")
+    return Endpoint(host, port)
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used."""
+
+    def __init__(self, data: dict, name: str, base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        self.data, self.name, self.base = data, name, base
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"[{self.name}] {key}"
+
+    def get(self, key: str, default=None, kind: type | tuple = str):
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{self.where(key)}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.where(key)}: must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def path(self, key: str, default: str | None) -> Path | None:
+        value = self.get(key, default)
+        if value is None:
+            return None
+        if not value.strip():
+            raise ConfigError(f"{self.where(key)}: empty path")
+        return (self.base / os.path.expanduser(value)).resolve() if not os.path.isabs(value) else Path(value)
+
+    def next_hop(self, key: str, default: str) -> NextHop:
+        value = self.get(key, default)
+        if value.startswith("maildir:"):
+            path = value[len("maildir:"):]
+            if not path:
+                raise ConfigError(f"{self.where(key)}: maildir: needs a path")
+            return NextHop(maildir=Path(path) if os.path.isabs(path) else (self.base / path).resolve())
+        return NextHop(endpoint=parse_endpoint(value, self.where(key)),
+                       starttls=bool(self.get("next_hop_starttls", False, bool)))
+
+    def check_unknown(self) -> None:
+        unknown = set(self.data) - self.used
+        if unknown:
+            raise ConfigError(f"[{self.name}]: unknown setting(s) {', '.join(sorted(unknown))}")
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """-c, then $MAILSEAL_CONFIG, then the default locations; None if none exists."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("MAILSEAL_CONFIG"):
+        return Path(os.environ["MAILSEAL_CONFIG"])
+    return next((p for p in DEFAULT_LOCATIONS if p.is_file()), None)
+
+
+def load(path: Path) -> Config:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data, path.resolve().parent, source=path)
+
+
+def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
+    unknown = set(data) - {"keystore", "server", "outbound", "inbound"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted('[' + u + ']' for u in unknown))}")
+
+    ks = _Section(data.get("keystore", {}), "keystore", base)
+    keystore = KeystoreConfig(
+        path=ks.path("path", "/var/lib/mailseal/keystore.sqlite3"),
+        master_key_file=ks.path("master_key_file", None),
+        passphrase_env=ks.get("passphrase_env"),
+        parent_domains=ks.get("parent_domains", False, bool),
+    )
+    if keystore.master_key_file is None and keystore.passphrase_env is None:
+        keystore = KeystoreConfig(keystore.path, keystore.path.parent / "master.key", None, keystore.parent_domains)
+    if keystore.master_key_file is not None and keystore.passphrase_env is not None:
+        raise ConfigError("[keystore]: set master_key_file or passphrase_env, not both")
+    ks.check_unknown()
+
+    sv = _Section(data.get("server", {}), "server", base)
+    clients = sv.get("allowed_clients", ["127.0.0.0/8", "::1/128"], list)
+    try:
+        networks = tuple(ipaddress.ip_network(c, strict=False) for c in clients)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[server] allowed_clients: {exc}") from None
+    server = ServerConfig(
+        allowed_clients=networks,
+        max_message_size=parse_size(sv.get("max_message_size", "50MB", (str, int)), sv.where("max_message_size")),
+        state_dir=sv.path("state_dir", str(keystore.path.parent)),
+    )
+    sv.check_unknown()
+
+    outbound = inbound = None
+    if "outbound" in data:
+        ob = _Section(data["outbound"], "outbound", base)
+        outbound = OutboundConfig(
+            listen=parse_endpoint(ob.get("listen", "127.0.0.1:10025"), ob.where("listen")),
+            protocol=ob.choice("protocol", "smtp", ("smtp", "lmtp")),
+            next_hop=ob.next_hop("next_hop", "127.0.0.1:10026"),
+            default_policy=ob.choice("default_policy", "opportunistic", POLICIES),
+        )
+        ob.check_unknown()
+    if "inbound" in data:
+        ib = _Section(data["inbound"], "inbound", base)
+        inbound = InboundConfig(
+            listen=parse_endpoint(ib.get("listen", "127.0.0.1:10027"), ib.where("listen")),
+            protocol=ib.choice("protocol", "smtp", ("smtp", "lmtp")),
+            next_hop=ib.next_hop("next_hop", "127.0.0.1:10026"),
+            on_failure=ib.choice("on_failure", "reject", ("reject", "quarantine")),
+            replay_window=parse_duration(ib.get("replay_window", "7d", (str, int)), ib.where("replay_window")),
+            max_clock_skew=parse_duration(ib.get("max_clock_skew", "1h", (str, int)), ib.where("max_clock_skew")),
+        )
+        ib.check_unknown()
+    return Config(source, keystore, server, outbound, inbound)

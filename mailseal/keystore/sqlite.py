@@ -1,0 +1,455 @@
+"""The SQLite keystore: keys, policies and the audit log in one file.
+
+WAL mode lets the daemon read while the CLI writes; every change is one
+IMMEDIATE transaction together with its audit entry, so nothing is ever half
+written. Lookups run one indexed query and read committed data, so a key
+imported or revoked with the CLI is seen by a running daemon at its next
+lookup, without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .. import age
+from ..addresses import Address, lookup_order
+from . import audit, masterkey
+from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable
+from .fingerprint import fingerprint, looks_like_fingerprint, normalise
+from .records import LOCAL, REMOTE, KeyRecord, kind_of
+
+POLICIES = ("require", "opportunistic", "plain")
+
+# Each entry moves the schema one version up; never edit a released one.
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL CHECK (scope IN ('local', 'remote')),
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('mlkem768x25519', 'X25519')),
+        recipient TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        secret BLOB,
+        label TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER,
+        retired INTEGER,
+        revoked INTEGER,
+        reason TEXT,
+        CHECK ((scope = 'local') = (secret IS NOT NULL)),
+        UNIQUE (scope, owner, recipient)
+    );
+    CREATE INDEX keys_owner ON keys (owner, scope);
+    CREATE INDEX keys_fingerprint ON keys (fingerprint);
+    CREATE TABLE policies (
+        owner TEXT PRIMARY KEY,
+        policy TEXT NOT NULL CHECK (policy IN ('require', 'opportunistic', 'plain')),
+        updated INTEGER NOT NULL
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+]
+
+_COLUMNS = ("id, scope, owner, kind, recipient, fingerprint, label, source, created, expires, "
+            "retired, revoked, reason")
+
+
+def _identity_context(owner: str, recipient: str) -> bytes:
+    # Binds a sealed private key to its row: moving it to another owner fails.
+    return b"mailseal identity v1\x00" + owner.encode() + b"\x00" + recipient.encode()
+
+
+def default_actor() -> str:
+    user = os.environ.get("SUDO_USER")
+    try:
+        user = user or pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = user or str(os.geteuid())
+    return user
+
+
+@contextlib.contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StoreUnavailable(f"keystore {path} is locked by another process; try again") from None
+        if "readonly" in text or "unable to open" in text:
+            raise StoreUnavailable(f"keystore {path} cannot be written or opened: {text}") from None
+        raise StoreUnavailable(f"keystore {path}: {text}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailable(f"keystore {path} is damaged or not a mailseal keystore ({exc})") from None
+
+
+class SQLiteKeyStore:
+    """See the package docstring for the lookup rules."""
+
+    def __init__(
+        self,
+        path: Path,
+        master: masterkey.Source,
+        *,
+        parent_domains: bool = False,
+        create: bool = True,
+        actor: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._source = master
+        self._parent_domains = parent_domains
+        self._actor = actor or default_actor()
+        self._clock = clock
+        self._master: masterkey.MasterKey | None = None
+        self._identity_cache: dict[tuple[int, str], age.Identity] = {}
+        self._recipient_cache: dict[str, age.Recipient] = {}
+        creating = not self.path.exists()
+        if creating and not create:
+            raise StoreUnavailable(f"keystore {self.path} does not exist")
+        if creating:
+            self._create_file()
+        with _sqlite_errors(self.path):
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0, check_same_thread=False)
+            try:
+                self._setup(creating)
+            except BaseException:
+                self._db.close()
+                if creating:  # leave nothing half-made behind
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(str(self.path) + suffix).unlink(missing_ok=True)
+                raise
+
+    # --- set-up -------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create keystore {self.path}: {exc.strerror}") from None
+
+    def _setup(self, creating: bool) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 5000")
+        if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise StoreUnavailable(f"keystore {self.path}: cannot switch to WAL mode")
+        db.execute("PRAGMA synchronous = FULL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreUnavailable(f"keystore {self.path} has schema version {version}, "
+                                   f"newer than this mailseal knows ({len(MIGRATIONS)})")
+        if version == 0 and not creating:
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise StoreUnavailable(f"{self.path} is an SQLite file but not a mailseal keystore")
+        if version < len(MIGRATIONS):
+            with self._write():
+                for number in range(version, len(MIGRATIONS)):
+                    for statement in _statements(MIGRATIONS[number]):
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        if creating:
+            self._initialise_master_key()
+
+    def _initialise_master_key(self) -> None:
+        salt = os.urandom(16) if self._source.passphrase_env else None
+        key = masterkey.load(self._source, salt, creating=True)
+        self._master = masterkey.MasterKey(key)
+        with self._write():
+            if salt is not None:
+                self._db.execute("INSERT INTO meta VALUES ('argon2id_salt', ?)", (salt,))
+                self._db.execute("INSERT INTO meta VALUES ('argon2id_params', ?)", (json.dumps(masterkey.ARGON2),))
+            self._db.execute("INSERT INTO meta VALUES ('master_key_check', ?)", (self._master.check_value(),))
+            self._db.execute("INSERT INTO meta VALUES ('created', ?)", (int(self._clock()),))
+            self._audit("keystore.create", str(self.path), {"master_key": self._source.describe})
+
+    def master(self) -> masterkey.MasterKey:
+        """The master key, loaded and checked on first use."""
+        if self._master is None:
+            with _sqlite_errors(self.path):
+                meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+            if "master_key_check" not in meta:
+                raise MasterKeyError(f"keystore {self.path} has no master key check value (damaged)")
+            master = masterkey.MasterKey(masterkey.load(self._source, meta.get("argon2id_salt"), creating=False))
+            master.verify(meta["master_key_check"], self._source)
+            self._master = master
+        return self._master
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SQLiteKeyStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with _sqlite_errors(self.path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _audit(self, action: str, subject: str, detail: dict) -> None:
+        row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, audit.GENESIS)
+        at = int(self._clock())
+        digest = audit.entry_hash(prev, seq, at, self._actor, action, subject, detail)
+        self._db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (seq, at, self._actor, action, subject, json.dumps(detail, sort_keys=True), prev, digest))
+
+    # --- lookups (the mail path) ----------------------------------------------
+
+    def _owners(self, address: Address) -> list[str]:
+        return lookup_order(address, self._parent_domains)
+
+    def _select_first_owner(self, sql: str, owners: list[str], *args) -> list[tuple]:
+        marks = ",".join("?" * len(owners))
+        with _sqlite_errors(self.path):
+            rows = self._db.execute(sql.format(owners=marks), (*owners, *args)).fetchall()
+        rank = {owner: i for i, owner in enumerate(owners)}
+        best = min((rank[r[0]] for r in rows), default=None)
+        return [r for r in rows if rank[r[0]] == best]
+
+    def recipients_for(self, address: Address) -> list[age.Recipient]:
+        """Public keys to seal to: the most specific owner with a usable key wins.
+
+        Revoked and expired keys are never returned.
+        """
+        rows = self._select_first_owner(
+            "SELECT owner, recipient FROM keys WHERE scope = 'remote' AND owner IN ({owners}) "
+            "AND revoked IS NULL AND (expires IS NULL OR expires > ?) ORDER BY id",
+            self._owners(address), int(self._clock()),
+        )
+        out = []
+        for _, text in rows:
+            recipient = self._recipient_cache.get(text)
+            if recipient is None:
+                recipient = self._recipient_cache[text] = age.parse_recipient(text)
+            out.append(recipient)
+        return out
+
+    def identities_for(self, address: Address) -> list[age.Identity]:
+        """Every private key that may open mail for the address, most specific first.
+
+        Rotated, expired and revoked identities are included (mail sealed to
+        them may still be in flight); only `delete` removes one.
+        """
+        owners = self._owners(address)
+        marks = ",".join("?" * len(owners))
+        with _sqlite_errors(self.path):
+            rows = self._db.execute(
+                f"SELECT id, owner, recipient, secret FROM keys WHERE scope = 'local' "
+                f"AND owner IN ({marks}) ORDER BY id DESC", owners).fetchall()
+        rank = {owner: i for i, owner in enumerate(owners)}
+        rows.sort(key=lambda r: rank[r[1]])
+        out = []
+        for key_id, owner, recipient, secret in rows:
+            identity = self._identity_cache.get((key_id, recipient))
+            if identity is None:
+                text = self.master().open(secret, _identity_context(owner, recipient))
+                identity = age.parse_identity(text.decode())
+                if str(identity.recipient()) != recipient:
+                    raise MasterKeyError(f"stored identity {fingerprint(recipient)} does not match its public key")
+                self._identity_cache[(key_id, recipient)] = identity
+            out.append(identity)
+        return out
+
+    def all_identities(self) -> list[age.Identity]:
+        """Every local identity (the inbound filter tries them all when needed)."""
+        with _sqlite_errors(self.path):
+            owners = [r[0] for r in self._db.execute("SELECT DISTINCT owner FROM keys WHERE scope = 'local'")]
+        out: list[age.Identity] = []
+        for owner in owners:
+            local, _, domain = owner.partition("@")
+            out.extend(i for i in self.identities_for(Address(local or "postmaster", domain)) if i not in out)
+        return out
+
+    def policy_for(self, address: Address) -> tuple[str, str] | None:
+        """(owner, policy) of the most specific policy set for the address, if any."""
+        rows = self._select_first_owner("SELECT owner, policy FROM policies WHERE owner IN ({owners})",
+                                        self._owners(address))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    # --- administration -------------------------------------------------------
+
+    def _records(self, where: str = "1", args: tuple = ()) -> list[KeyRecord]:
+        with _sqlite_errors(self.path):
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM keys WHERE {where} ORDER BY owner, id", args)
+            return [KeyRecord(*row) for row in rows.fetchall()]
+
+    def list_keys(self) -> list[KeyRecord]:
+        return self._records()
+
+    def find(self, target: str) -> list[KeyRecord]:
+        """Keys named by a fingerprint, or every key of an owner (address or @domain)."""
+        if looks_like_fingerprint(target) and "@" not in target:
+            return self._records("fingerprint = ?", (normalise(target),))
+        return self._records("owner = ?", (target,))
+
+    def _insert(self, scope: str, owner: str, recipient: str, kind: str, secret: bytes | None,
+                label: str, source: str, expires: int | None) -> KeyRecord:
+        now = int(self._clock())
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO keys (scope, owner, kind, recipient, fingerprint, secret, label, source, created, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (scope, owner, kind, recipient, fingerprint(recipient), secret, label, source, now, expires))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"{owner} already has the key {fingerprint(recipient)}") from None
+        record = self._records("id = ?", (cursor.lastrowid,))[0]
+        self._audit(f"key.{'generate' if scope == LOCAL else 'import'}", owner,
+                    {"fingerprint": record.fingerprint, "kind": kind, "source": source, "expires": expires})
+        return record
+
+    def _new_identity(self, owner: str, classic: bool, label: str, source: str,
+                      expires: int | None) -> KeyRecord:
+        identity = age.generate(classic=classic)
+        recipient = str(identity.recipient())
+        secret = self.master().seal(str(identity).encode(), _identity_context(owner, recipient))
+        return self._insert(LOCAL, owner, recipient, kind_of(identity.recipient()), secret, label, source, expires)
+
+    def generate(self, owner: str, *, classic: bool = False, label: str = "",
+                 expires: int | None = None) -> KeyRecord:
+        """A new local identity for owner (post-quantum hybrid unless classic)."""
+        self.master()
+        with self._write():
+            return self._new_identity(owner, classic, label, "generated", expires)
+
+    def import_recipient(self, owner: str, recipient: age.Recipient, *, label: str = "",
+                         source: str = "imported", expires: int | None = None) -> KeyRecord:
+        """A public key to seal owner's mail to."""
+        with self._write():
+            return self._insert(REMOTE, owner, str(recipient), kind_of(recipient), None, label, source, expires)
+
+    def import_many(self, keys: list[tuple[str, age.Recipient, int | None]], *,
+                    label: str = "", source: str = "imported") -> list[KeyRecord]:
+        """Several (owner, recipient, expires) in one transaction: all are imported, or none."""
+        with self._write():
+            return [self._insert(REMOTE, owner, str(r), kind_of(r), None, label, source, exp)
+                    for owner, r, exp in keys]
+
+    def export(self, owner: str) -> list[KeyRecord]:
+        """The current public keys of owner's local identities (for partners to import)."""
+        now = int(self._clock())
+        records = [r for r in self._records("scope = 'local' AND owner = ?", (owner,)) if r.status(now) == "active"]
+        if not records:
+            raise NotFound(f"no active local key for {owner} (see `mailseal keys generate`)")
+        return records
+
+    def revoke(self, target: str, reason: str = "") -> list[KeyRecord]:
+        """Revoke one key (by fingerprint) or every unrevoked key of an owner.
+
+        A revoked remote key is never sealed to again. A revoked local key is
+        no longer exported, but still opens mail already sealed to it.
+        """
+        with self._write():
+            records = [r for r in self.find(target) if r.revoked is None]
+            if not records:
+                raise NotFound(f"no unrevoked key matches {target}")
+            now = int(self._clock())
+            for record in records:
+                self._db.execute("UPDATE keys SET revoked = ?, reason = ? WHERE id = ?", (now, reason, record.id))
+                self._audit("key.revoke", record.owner, {"fingerprint": record.fingerprint, "reason": reason})
+            return [self._records("id = ?", (r.id,))[0] for r in records]
+
+    def rotate(self, owner: str) -> tuple[KeyRecord, list[KeyRecord]]:
+        """A new local identity of the same kind; the old ones retire but keep opening mail."""
+        self.master()
+        with self._write():
+            current = [r for r in self._records("scope = 'local' AND owner = ?", (owner,))
+                       if r.status(self._clock()) == "active"]
+            if not current:
+                raise NotFound(f"no active local key for {owner} to rotate (use `keys generate`)")
+            now = int(self._clock())
+            for record in current:
+                self._db.execute("UPDATE keys SET retired = ? WHERE id = ?", (now, record.id))
+            new = self._new_identity(owner, current[-1].kind == "X25519", current[-1].label,
+                                     f"rotated from {current[-1].fingerprint}", None)
+            self._audit("key.rotate", owner, {"new": new.fingerprint, "retired": [r.fingerprint for r in current]})
+            return new, [self._records("id = ?", (r.id,))[0] for r in current]
+
+    def delete(self, target: str) -> list[KeyRecord]:
+        """Remove keys for good: a deleted local identity opens nothing any more."""
+        with self._write():
+            records = self.find(target)
+            if not records:
+                raise NotFound(f"no key matches {target}")
+            for record in records:
+                self._db.execute("DELETE FROM keys WHERE id = ?", (record.id,))
+                self._audit("key.delete", record.owner, {"fingerprint": record.fingerprint, "scope": record.scope})
+            return records
+
+    def set_policy(self, owner: str, policy: str) -> None:
+        if policy not in POLICIES:
+            raise KeystoreError(f"policy must be one of {', '.join(POLICIES)}")
+        with self._write():
+            self._db.execute("INSERT INTO policies VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
+                             "SET policy = excluded.policy, updated = excluded.updated",
+                             (owner, policy, int(self._clock())))
+            self._audit("policy.set", owner, {"policy": policy})
+
+    def unset_policy(self, owner: str) -> None:
+        with self._write():
+            if not self._db.execute("DELETE FROM policies WHERE owner = ?", (owner,)).rowcount:
+                raise NotFound(f"no policy is set for {owner}")
+            self._audit("policy.unset", owner, {})
+
+    def list_policies(self) -> list[tuple[str, str, int]]:
+        with _sqlite_errors(self.path):
+            return self._db.execute("SELECT owner, policy, updated FROM policies ORDER BY owner").fetchall()
+
+    def audit_entries(self) -> list[audit.AuditEntry]:
+        with _sqlite_errors(self.path):
+            rows = self._db.execute("SELECT seq, at, actor, action, subject, detail, prev_hash, hash "
+                                    "FROM audit ORDER BY seq").fetchall()
+        out = []
+        for seq, at, actor, action, subject, detail, prev, digest in rows:
+            try:
+                parsed = json.loads(detail)
+            except (TypeError, ValueError):
+                parsed = {"unparseable": str(detail)}
+            out.append(audit.AuditEntry(seq, at, actor, action, subject, parsed, prev, digest))
+        return out
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers keep their inner `;`)."""
+    out, current = [], []
+    for line in script.strip().splitlines():
+        current.append(line)
+        joined = "\n".join(current).strip()
+        if joined.endswith(";") and sqlite3.complete_statement(joined):
+            out.append(joined)
+            current = []
+    return out
+

@@ -1,0 +1,226 @@
+"""`mailseal keys …`, `mailseal policy …` and `check-config` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mailseal import age
+
+from .conftest import ROOT, run_cli
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    path = tmp_path / "mailseal.toml"
+    path.write_text('[keystore]\npath = "state/keystore.sqlite3"\nmaster_key_file = "state/master.key"\n\n'
+                    '[outbound]\nlisten = "127.0.0.1:10025"\n')
+    return path
+
+
+def ms(cfg, *args, input: bytes = b""):
+    return run_cli("-c", str(cfg), *args, input=input)
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b""
+    return result.stdout.decode()
+
+
+def fails(result, fragment: str, status: int = 2) -> None:
+    assert result.returncode == status, (result.stdout, result.stderr)
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and fragment in err, err
+    assert "Traceback" not in err
+
+
+def test_generate_export_import_between_two_gateways(tmp_path, cfg):
+    other = tmp_path / "other.toml"
+    other.write_text('[keystore]\npath = "b/ks.sqlite3"\n')
+    out = ok(ms(other, "keys", "generate", "bob@b.test", "--label", "Bob"))
+    assert "generated mlkem768x25519 key" in out
+    card = ok(ms(other, "keys", "export", "bob@b.test"))
+    assert card.startswith("# mailseal public key card\naddress: bob@b.test\n")
+    assert "AGE-SECRET" not in card
+    card_file = tmp_path / "bob.card"
+    card_file.write_text(card)
+    assert "imported mlkem768x25519 key" in ok(ms(cfg, "keys", "import", "bob@b.test", str(card_file)))
+    listed = json.loads(ok(ms(cfg, "keys", "list", "--json")))
+    assert [(k["owner"], k["scope"], k["status"]) for k in listed] == [("bob@b.test", "remote", "active")]
+    assert listed[0]["fingerprint"] in card
+    # the default master key file sits next to the keystore, private
+    assert stat.S_IMODE(os.stat(tmp_path / "b" / "master.key").st_mode) == 0o600
+
+
+def test_import_forms(tmp_path, cfg):
+    one, two, classic = age.generate().recipient(), age.generate().recipient(), age.generate(classic=True).recipient()
+    ok(ms(cfg, "keys", "import", "a@x.test", str(one)))
+    listing = tmp_path / "keys.txt"
+    listing.write_text(f"# two keys\n{two}\n\n{classic}\n")
+    assert ok(ms(cfg, "keys", "import", "@x.test", str(listing))).count("imported") == 2
+    ok(ms(cfg, "keys", "import", "c@x.test", "-", input=f"{two}\n".encode()))
+    table = ok(ms(cfg, "keys", "list"))
+    lines = table.splitlines()
+    assert lines[0].split() == ["OWNER", "SCOPE", "TYPE", "FINGERPRINT", "STATUS", "CREATED", "EXPIRES", "LABEL"]
+    assert len(lines) == 5
+    assert len({line.index("remote") for line in lines[1:]}) == 1  # aligned columns
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["keys", "generate", "not-an-address"], "invalid address"),
+    (["keys", "import", "bob@x.test", "age1notakey"], "bad recipient 'age1notakey': not a valid age recipient"),
+    (["keys", "import", "bob@x.test", "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"], "that is a private key"),
+    (["keys", "import", "bob@x.test", "/no/such/file"], "no such file"),
+    (["keys", "revoke", "AAAA-BBBB-CCCC-DDDD"], "no unrevoked key"),
+    (["keys", "rotate", "nobody@x.test"], "no active local key"),
+    (["keys", "delete", "nobody@x.test"], "no key matches"),
+    (["keys", "show", "nobody@x.test"], "no key matches"),
+    (["keys", "export", "nobody@x.test"], "no active local key"),
+    (["policy", "set", "@x.test", "sometimes"], "invalid choice"),
+    (["policy", "unset", "@x.test"], "no policy"),
+    (["keys", "frobnicate"], "invalid choice"),
+])
+def test_bad_input_one_line_exit_2(cfg, args, fragment):
+    ok(ms(cfg, "policy", "set", "@y.test", "plain"))  # the keystore exists
+    before = sqlite3.connect(cfg.parent / "state" / "keystore.sqlite3").execute("SELECT count(*) FROM audit").fetchone()
+    fails(ms(cfg, *args), fragment)
+    after = sqlite3.connect(cfg.parent / "state" / "keystore.sqlite3").execute("SELECT count(*) FROM audit").fetchone()
+    assert before == after
+
+
+def test_wrong_type_key_in_file_and_duplicate(tmp_path, cfg):
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{age.generate().recipient()}\nAGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX\n")
+    fails(ms(cfg, "keys", "import", "a@x.test", str(bad)), "line 2: this is a private key")
+    fails(ms(cfg, "keys", "list"), "does not exist yet")  # nothing was created by the failed import
+    key = str(age.generate().recipient())
+    ok(ms(cfg, "keys", "import", "a@x.test", key))
+    fails(ms(cfg, "keys", "import", "a@x.test", key), "already has the key")
+
+
+def test_card_for_another_address_is_refused(tmp_path, cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    card = tmp_path / "c"
+    card.write_text(ok(ms(cfg, "keys", "export", "bob@x.test")))
+    fails(ms(cfg, "keys", "import", "eve@x.test", str(card)), "the key card is for bob@x.test")
+
+
+def test_revoke_rotate_delete_show(cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    first = json.loads(ok(ms(cfg, "keys", "list", "--json")))[0]["fingerprint"]
+    out = ok(ms(cfg, "keys", "rotate", "bob@x.test"))
+    assert f"retired (still opens mail): {first}" in out
+    keys = json.loads(ok(ms(cfg, "keys", "list", "--json")))
+    assert sorted(k["status"] for k in keys) == ["active", "retired"]
+    shown = ok(ms(cfg, "keys", "show", first))
+    assert f"fingerprint: {first}" in shown and "retired:" in shown and "AGE-SECRET" not in shown
+    ok(ms(cfg, "keys", "revoke", first.replace("-", "").lower(), "--reason", "laptop lost"))
+    assert "reason:      laptop lost" in ok(ms(cfg, "keys", "show", first))
+    ok(ms(cfg, "keys", "delete", first))
+    assert len(json.loads(ok(ms(cfg, "keys", "list", "--json")))) == 1
+
+
+def test_policy_commands(cfg):
+    ok(ms(cfg, "policy", "set", "@Partner.TEST", "require"))
+    ok(ms(cfg, "policy", "set", "ops@partner.test", "plain"))
+    assert json.loads(ok(ms(cfg, "policy", "list", "--json"))) == [
+        {"owner": "@partner.test", "policy": "require", "updated": pytest.approx(time.time(), abs=120)},
+        {"owner": "ops@partner.test", "policy": "plain", "updated": pytest.approx(time.time(), abs=120)},
+    ]
+    table = ok(ms(cfg, "policy", "list"))
+    assert table.splitlines()[1].split()[:2] == ["@partner.test", "require"]
+    ok(ms(cfg, "policy", "unset", "ops@partner.test"))
+    assert "ops@" not in ok(ms(cfg, "policy", "list"))
+
+
+def test_audit_verify_catches_a_hand_edit(cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    ok(ms(cfg, "policy", "set", "@x.test", "require"))
+    assert "audit log intact: 3 entries" in ok(ms(cfg, "keys", "audit", "--verify"))
+    log = ok(ms(cfg, "keys", "audit"))
+    assert "key.generate" in log and "policy.set" in log
+    db = sqlite3.connect(cfg.parent / "state" / "keystore.sqlite3")
+    db.execute("DROP TRIGGER audit_no_update")
+    db.execute("UPDATE audit SET subject = '@y.test' WHERE action = 'policy.set'")
+    db.commit()
+    db.close()
+    fails(ms(cfg, "keys", "audit", "--verify"), "audit log entry 3 was altered", status=1)
+
+
+def test_missing_master_key_and_corrupt_database(cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    master = cfg.parent / "state" / "master.key"
+    saved = master.read_bytes()
+    master.unlink()
+    fails(ms(cfg, "keys", "generate", "carol@x.test"), "missing")
+    assert not master.exists()
+    fails(ms(cfg, "check-config"), "missing")
+    master.write_bytes(saved)
+    db = cfg.parent / "state" / "keystore.sqlite3"
+    db.write_bytes(b"\x00garbage" * 1000)
+    fails(ms(cfg, "keys", "list"), "damaged or not a mailseal keystore")
+
+
+def test_no_configuration_is_a_clear_error(tmp_path):
+    result = run_cli("keys", "list", cwd=tmp_path, env={"MAILSEAL_CONFIG": ""})
+    fails(result, "no configuration file")
+
+
+def test_check_config_reports_permissions_and_mistakes(tmp_path, cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    assert "configuration OK" in ok(ms(cfg, "check-config"))
+    os.chmod(cfg.parent / "state" / "keystore.sqlite3", 0o644)
+    fails(ms(cfg, "check-config"), "readable or writable by others")
+    os.chmod(cfg.parent / "state" / "keystore.sqlite3", 0o600)
+    bad = tmp_path / "bad.toml"
+    for text, fragment in [("[inbound]\nreplay_window = \"a week\"\n", "[inbound] replay_window"),
+                           ("[outbound]\ndefault_policy = \"always\"\n", "must be one of"),
+                           ("[server]\nallowed_clients = [\"not-a-net\"]\n", "allowed_clients"),
+                           ("[outbound]\nlisten = \"localhost\"\n", "host:port"),
+                           ("[outbund]\n", "unknown section"),
+                           ("[keystore]\npaht = \"x\"\n", "unknown setting"),
+                           ("not toml", "not valid TOML")]:
+        bad.write_text(text)
+        fails(run_cli("-c", str(bad), "check-config"), fragment)
+
+
+def test_cli_writer_and_daemon_reader_at_once(tmp_path, cfg):
+    """A reader process looks keys up in a loop while the CLI imports and revokes."""
+    ok(ms(cfg, "policy", "set", "@x.test", "opportunistic"))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(cfg.parent / "state")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for i in range(8):
+            ok(ms(cfg, "keys", "import", f"u{i}@x.test", str(age.generate().recipient())))
+            ok(ms(cfg, "keys", "revoke", f"u{i}@x.test"))
+    finally:
+        (cfg.parent / "state" / "stop").touch()
+        out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err.decode()
+    lookups, seen = map(int, out.split())
+    assert lookups > 100 and seen > 0
+
+
+READER = r"""
+import sys, pathlib
+from mailseal.addresses import parse_address
+from mailseal.keystore import SQLiteKeyStore, MasterKeySource
+state = pathlib.Path(sys.argv[1])
+store = SQLiteKeyStore(state / "keystore.sqlite3", MasterKeySource(file=state / "master.key"), create=False)
+lookups = seen = 0
+while not (state / "stop").exists():
+    for i in range(8):
+        seen += bool(store.recipients_for(parse_address(f"u{i}@x.test")))
+        store.policy_for(parse_address(f"u{i}@x.test"))
+        lookups += 1
+print(lookups, seen)
+"""
