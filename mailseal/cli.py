@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -168,6 +169,84 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve and quarantine ---------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import ConfigError
+    from .gateway import server
+    from .keystore import KeystoreError
+    from .replay import CacheUnavailable
+
+    path = cli_keys.config_path(args)
+    server.setup_logging()
+    try:
+        return asyncio.run(server.run(path))
+    except (ConfigError, KeystoreError, CacheUnavailable) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _quarantine(args: argparse.Namespace):
+    from .quarantine import Quarantine
+
+    cfg = cli_keys.load_config(args)
+    if cfg.inbound is None:
+        raise UserError("no [inbound] section in the configuration: there is no quarantine")
+    return cfg, Quarantine(cfg.server.state_dir / "quarantine")
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .quarantine import QuarantineError
+
+    cfg, quarantine = _quarantine(args)
+    try:
+        if args.action == "list":
+            entries = quarantine.list()
+            if not entries:
+                print("quarantine is empty")
+            for e in entries:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.received))
+                print(f"{e.id}  {when}  {e.reason:<16} from=<{e.mail_from}> to={','.join(e.rcpts)} {e.size} bytes")
+            return 0
+        if not args.id:
+            raise UserError(f"quarantine {args.action} needs an ID (see `mailseal quarantine list`)")
+        entry, message = quarantine.get(args.id)
+        if args.action == "show":
+            sys.stdout.write(f"id: {entry.id}\nreason: {entry.reason}\nfrom: <{entry.mail_from}>\n"
+                             f"to: {', '.join(entry.rcpts)}\nclient: {entry.client}\nsize: {entry.size}\n\n")
+            sys.stdout.buffer.write(message)
+            return 0
+        return _release(cfg, quarantine, entry, message)
+    except QuarantineError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _release(cfg, quarantine, entry, message: bytes) -> int:
+    import asyncio
+
+    from .gateway.relay import Envelope, next_hop_for
+
+    trace = f"Mailseal-Status: released from quarantine by an administrator; reason={entry.reason}\r\n"
+    hop = next_hop_for(cfg.inbound.next_hop)
+
+    async def deliver():
+        try:
+            return await hop.deliver(Envelope(entry.mail_from, tuple(entry.rcpts), trace.encode() + message,
+                                              eight_bit=not message.isascii()))
+        finally:
+            await hop.close()
+
+    outcome = asyncio.run(deliver())
+    failed = {r: reply for r, reply in outcome.items() if not reply.ok}
+    if failed:
+        rcpt, reply = next(iter(failed.items()))
+        raise Refused(f"next hop refused {rcpt}: {reply.code} {reply.text.splitlines()[0]}; kept in quarantine")
+    quarantine.remove(entry.id)
+    print(f"released {entry.id} to {', '.join(entry.rcpts)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailseal", description="Mail-encryption gateway built on age v1.")
     parser.add_argument("--version", action="version", version=f"mailseal {__version__}")
@@ -193,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--identity", action="append", metavar="IDENTITY_FILE", required=True,
                    help="identity file, as keygen writes (repeatable)")
     p.set_defaults(func=cmd_open)
+
+    p = commands.add_parser("serve", help="run the listeners named in the configuration")
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("quarantine", help="refused inbound mail kept for review")
+    p.add_argument("action", choices=("list", "show", "release"))
+    p.add_argument("id", nargs="?", metavar="ID")
+    p.set_defaults(func=cmd_quarantine)
 
     p = commands.add_parser("check-config", help="validate the configuration and the keystore")
     p.set_defaults(func=cmd_check_config)

@@ -34,11 +34,16 @@ class Refused(Exception):
     pass
 
 
-def load_config(args: argparse.Namespace) -> config_mod.Config:
+def config_path(args: argparse.Namespace) -> Path:
     path = config_mod.find_config(args.config)
     if path is None:
         raise UserError("no configuration file: give -c CONFIG, set $MAILSEAL_CONFIG, or create "
                         "/etc/mailseal/mailseal.toml")
+    return path
+
+
+def load_config(args: argparse.Namespace) -> config_mod.Config:
+    path = config_path(args)
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as exc:

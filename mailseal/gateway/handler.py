@@ -1,0 +1,101 @@
+"""What both listeners share: EHLO extensions, the MAIL size check, the
+per-message log line, and replies for one transaction that became several
+copies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+
+from ..addresses import AddressError, parse_address
+from . import replies
+from .replies import Reply
+
+log = logging.getLogger("mailseal.gateway")
+_SIZE = re.compile(r"SIZE=(\S*)", re.I)
+
+
+def queue_id() -> str:
+    return os.urandom(6).hex().upper()
+
+
+class BaseHandler:
+    direction = "?"
+
+    def __init__(self, context) -> None:
+        self.ctx = context
+
+    async def handle_EHLO(self, server, session, envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        extra = [f"250-SIZE {self.ctx.config.server.max_message_size}",
+                 "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE"]
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]) -> str:
+        for option in mail_options:
+            match = _SIZE.fullmatch(option)
+            if match:
+                if not match.group(1).isdigit():
+                    return str(replies.BAD_SIZE)
+                if int(match.group(1)) > self.ctx.config.server.max_message_size:
+                    return str(replies.MESSAGE_TOO_BIG)
+        if self.ctx.stopping:
+            return str(replies.SHUTTING_DOWN)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never a traceback to the client, never content in the log.
+        log.error("%s: internal error: %s: %s", self.direction, type(error).__name__, error)
+        return str(replies.INTERNAL_ERROR)
+
+    @staticmethod
+    def address(text: str):
+        try:
+            return parse_address(text)
+        except AddressError:
+            return None
+
+    def lmtp(self, server) -> bool:
+        from aiosmtpd.lmtp import LMTP
+
+        return isinstance(server, LMTP)
+
+    def finish(self, server, rcpts: Sequence[str], outcome: dict[str, Reply]) -> str:
+        """The reply (SMTP) or replies (LMTP, one a recipient in RCPT order)."""
+        if self.lmtp(server):
+            return "\r\n".join(str(outcome[r]) for r in rcpts)
+        return str(combine([outcome[r] for r in rcpts]))
+
+    def log_message(self, qid: str, envelope, decision: str, outcome: dict[str, Reply], started: float,
+                    message_id: str) -> None:
+        codes = ",".join(sorted({str(r.code) for r in outcome.values()}))
+        log.info("%s %s from=<%s> message-id=%s rcpts=%d decision=%s next-hop=%s took=%.0fms", qid,
+                 self.direction, envelope.mail_from, message_id or "-", len(envelope.rcpt_tos), decision,
+                 codes or "-", (time.monotonic() - started) * 1000)
+
+
+def combine(outcomes: Sequence[Reply]) -> Reply:
+    """One SMTP reply for a transaction that became several copies.
+
+    All accepted: the (first) acceptance. All refused the same way: that
+    refusal. Anything mixed: 451, so the MTA retries; a retry may duplicate a
+    copy already delivered but never loses one.
+    """
+    if all(r.ok for r in outcomes):
+        return outcomes[0]
+    if all(not r.ok for r in outcomes) and len({(r.code, r.text) for r in outcomes}) == 1:
+        return outcomes[0]
+    if all(r.permanent for r in outcomes):
+        return outcomes[0]
+    return replies.PARTIAL_FAILURE
+
+
+def message_id(data: bytes) -> str:
+    head = data[: data.find(b"\r\n\r\n") if b"\r\n\r\n" in data[:65536] else 65536]
+    match = re.search(rb"(?im)^message-id:\s*(<[^>\r\n]{1,200}>)", head)
+    return match.group(1).decode("ascii", "replace") if match else ""

@@ -1,0 +1,165 @@
+"""The inbound (opening) listener.
+
+A bundle for a recipient with a local identity is opened, its date and
+serial are checked against the replay window and the durable cache, and the
+original message is delivered with a Mailseal-Status trace header. Mailseal-*
+headers are removed from whatever is delivered: nobody may forge our mark.
+Refused mail follows on_failure: 550 5.7.x, or quarantine and 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .. import age, bundle, mime, replay
+from ..keystore import KeystoreError, fingerprint
+from . import replies
+from .handler import BaseHandler, log, message_id, queue_id
+from .relay import Envelope
+from .replies import Reply
+from .smtp import envelope_flags, session_xforward
+
+TRACE_HEADER = b"Mailseal-Status"
+INLINE_OPEN_LIMIT = 256 * 1024
+
+
+def strip_mailseal_headers(message: bytes) -> bytes:
+    """The message without any Mailseal-* header field (folding included)."""
+    head, body_at = mime.split_head(message)
+    if b"mailseal-" not in head.lower():
+        return message
+    kept, skipping = [], False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.lower().startswith(b"mailseal-")
+        if not skipping:
+            kept.append(line)
+    return b"".join(kept) + message[len(head):]
+
+
+def with_trace(message: bytes, trace: str) -> bytes:
+    eol = mime.line_ending(message)
+    return TRACE_HEADER + b": " + trace.encode() + eol + message
+
+
+class Refusal(Exception):
+    def __init__(self, reply: Reply, reason: str) -> None:
+        super().__init__(reason)
+        self.reply, self.reason = reply, reason
+
+
+class InboundHandler(BaseHandler):
+    direction = "inbound"
+
+    async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        if self.address(address) is None:
+            return str(replies.BAD_ADDRESS)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        started = time.monotonic()
+        qid = queue_id()
+        rcpts = list(envelope.rcpt_tos)
+        message = envelope.content
+        smtputf8, eight_bit = envelope_flags(envelope)
+        if not bundle.is_sealed(message):
+            data = strip_mailseal_headers(message)
+            outcome = await self._deliver(envelope, session, rcpts, data, smtputf8, eight_bit)
+            self.log_message(qid, envelope, "clear", outcome, started, message_id(message))
+            return self.finish(server, rcpts, outcome)
+
+        outcome: dict[str, Reply] = {}
+        try:
+            opened = await self._open(rcpts, message)
+        except Refusal as refusal:
+            outcome = self._refuse(envelope, session, rcpts, message, refusal)
+            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, message_id(message))
+            return self.finish(server, rcpts, outcome)
+        except KeystoreError as exc:
+            log.error("%s inbound: keystore: %s", qid, exc)
+            return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
+
+        claimed, refused = self._claim(rcpts, opened)
+        if refused and not self.lmtp(server):
+            # One SMTP reply for all: a replay for one recipient refuses the lot.
+            for rcpt in claimed:
+                self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
+            refusal = next(iter(refused.values()))
+            outcome = self._refuse(envelope, session, rcpts, message, refusal)
+            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, message_id(message))
+            return self.finish(server, rcpts, outcome)
+        for rcpt, refusal in refused.items():
+            outcome.update(self._refuse(envelope, session, [rcpt], message, refusal))
+        if claimed:
+            trace = (f"opened; serial={opened.serial}; sealed={opened.date}; "
+                     f"key={fingerprint(str(opened.identity.recipient()))}")
+            data = with_trace(strip_mailseal_headers(opened.message), trace)
+            delivered = await self._deliver(envelope, session, claimed, data, smtputf8, not data.isascii())
+            for rcpt, reply in delivered.items():
+                if not reply.ok:  # so the MTA's retry is not taken for a replay
+                    self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
+            outcome.update(delivered)
+        self.log_message(qid, envelope, "opened", outcome, started, message_id(message))
+        return self.finish(server, rcpts, outcome)
+
+    def _owner(self, rcpt: str) -> str:
+        parsed = self.address(rcpt)
+        return parsed.owner if parsed else rcpt
+
+    async def _open(self, rcpts: list[str], message: bytes) -> bundle.Opened:
+        identities: list[age.Identity] = []
+        for rcpt in rcpts:
+            parsed = self.address(rcpt)
+            for identity in self.ctx.keystore.identities_for(parsed) if parsed else ():
+                if identity not in identities:
+                    identities.append(identity)
+        if not identities:
+            raise Refusal(replies.NO_IDENTITY, "no-local-key")
+        try:
+            if len(message) <= INLINE_OPEN_LIMIT:
+                return bundle.open_sealed(message, identities)
+            return await asyncio.to_thread(bundle.open_sealed, message, identities)
+        except bundle.MalformedBundle:
+            raise Refusal(replies.MALFORMED, "malformed") from None
+        except age.NoIdentityMatch:
+            raise Refusal(replies.NO_IDENTITY, "no-matching-key") from None
+        except age.AuthenticationError:
+            raise Refusal(replies.TAMPERED, "tampered") from None
+
+    def _claim(self, rcpts: list[str], opened: bundle.Opened) -> tuple[list[str], dict[str, Refusal]]:
+        claimed, refused = [], {}
+        for rcpt in rcpts:
+            try:
+                self.ctx.replay_cache.claim(self._owner(rcpt), opened.serial, opened.date)
+                claimed.append(rcpt)
+            except replay.Replayed:
+                refused[rcpt] = Refusal(replies.REPLAYED, "replayed")
+            except replay.TooOld:
+                refused[rcpt] = Refusal(replies.TOO_OLD, "too-old")
+            except replay.FromTheFuture:
+                refused[rcpt] = Refusal(replies.FROM_THE_FUTURE, "from-the-future")
+            except replay.CacheUnavailable as exc:
+                log.error("inbound: %s", exc)
+                refused[rcpt] = Refusal(replies.REPLAY_CACHE_DOWN, "replay-cache-unavailable")
+        return claimed, refused
+
+    def _refuse(self, envelope, session, rcpts: list[str], message: bytes, refusal: Refusal) -> dict[str, Reply]:
+        if refusal.reply.temporary or self.ctx.config.inbound.on_failure != "quarantine":
+            return dict.fromkeys(rcpts, refusal.reply)
+        try:
+            entry = self.ctx.quarantine.put(message, envelope.mail_from, rcpts, refusal.reason,
+                                            session_xforward(session) or {"peer": str(session.peer)})
+        except OSError as exc:
+            log.error("inbound: cannot quarantine: %s", exc)
+            return dict.fromkeys(rcpts, replies.LOCAL_DELIVERY_FAILED)
+        return dict.fromkeys(rcpts, replies.ok(f"quarantined as {entry} ({refusal.reason})"))
+
+    async def _deliver(self, envelope, session, rcpts, data, smtputf8, eight_bit) -> dict[str, Reply]:
+        return await self.ctx.inbound_next_hop.deliver(
+            Envelope(envelope.mail_from, tuple(rcpts), data, smtputf8, eight_bit, session_xforward(session)))

@@ -1,0 +1,134 @@
+"""The outbound (sealing) listener: thin aiosmtpd hooks over pure decisions.
+
+RCPT: the recipient's policy and keys decide seal, pass or refuse (550
+5.7.1). DATA: decide again (a key revoked meanwhile gives 451 4.7.0), split
+the transaction into copies (policy.plan_copies), seal the sealed ones off
+the event loop, relay each copy, and answer only after the next hop did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import getaddresses
+
+from .. import bundle, mime, policy
+from ..keystore import KeystoreError
+from . import replies
+from .handler import BaseHandler, log, message_id, queue_id
+from .relay import Envelope
+from .replies import Reply
+from .smtp import envelope_flags, session_xforward
+
+INLINE_SEAL_LIMIT = 256 * 1024  # smaller messages are sealed on the loop: a thread costs more
+
+
+def already_encrypted(message: bytes) -> bool:
+    """Sealed by mailseal, PGP/MIME, or S/MIME enveloped: passes unchanged."""
+    head, _ = mime.split_head(message)
+    headers = mime.parse_headers(head)
+    ctype = headers.get_content_type()
+    if ctype == "multipart/encrypted":
+        return True
+    if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
+        smime = str(headers.get_param("smime-type", "enveloped-data")).lower()
+        return smime in ("enveloped-data", "authenveloped-data")
+    return False
+
+
+def header_recipients(message: bytes) -> set[str]:
+    """Owners (normalised addresses) that the To and Cc headers name."""
+    head, _ = mime.split_head(message)
+    try:
+        fields = mime.fields(head)
+    except mime.MimeError:
+        return set()
+    values = [f.value.decode("utf-8", "replace").replace("\r", "").replace("\n", " ")
+              for f in fields if f.name.lower() in ("to", "cc")]
+    owners = set()
+    for _, addr in getaddresses(values):
+        parsed = BaseHandler.address(addr) if addr else None
+        if parsed is not None:
+            owners.add(parsed.owner)
+    return owners
+
+
+class OutboundHandler(BaseHandler):
+    direction = "outbound"
+
+    def decide(self, address) -> policy.Decision:
+        store = self.ctx.keystore
+        found = store.policy_for(address)
+        chosen = found[1] if found else self.ctx.config.outbound.default_policy
+        keys = store.recipients_for(address) if chosen != policy.PLAIN else []
+        return policy.decide(chosen, keys)
+
+    async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        parsed = self.address(address)
+        if parsed is None:
+            return str(replies.BAD_ADDRESS)
+        try:
+            decision = self.decide(parsed)
+        except KeystoreError as exc:
+            log.error("outbound: keystore: %s", exc)
+            return str(replies.KEYSTORE_UNAVAILABLE)
+        if decision.action is policy.Action.REFUSE:
+            return f"550 {replies.POLICY_REQUIRES_KEY.format(rcpt=address)}"
+        if not hasattr(envelope, "decisions"):
+            envelope.decisions = {}
+        envelope.decisions[address] = decision
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        started = time.monotonic()
+        qid = queue_id()
+        rcpts = list(envelope.rcpt_tos)
+        message = envelope.content
+        outcome: dict[str, Reply] = {}
+        try:
+            current = {r: self.decide(self.address(r)) for r in rcpts}
+        except KeystoreError as exc:
+            log.error("%s outbound: keystore: %s", qid, exc)
+            outcome = dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE)
+            current = {}
+        # A decision that changed since RCPT (a key revoked, a policy set)
+        # is not acted on: 451, and the retry decides again at RCPT.
+        changed = [r for r in current if current[r] != envelope.decisions.get(r)]
+        if changed and not self.lmtp(server):
+            outcome = dict.fromkeys(rcpts, replies.DECISION_CHANGED)
+        for r in changed:
+            outcome.setdefault(r, replies.DECISION_CHANGED)
+        todo = {r: d for r, d in current.items() if r not in outcome}
+        summary = "changed" if changed else "-"
+        if todo:
+            if already_encrypted(message):
+                copies = [policy.Copy(tuple(todo), sealed=False)]
+                summary = "already-encrypted"
+            else:
+                copies = policy.plan_copies(todo, header_recipients(message))
+                summary = "+".join(sorted({c.kind for c in copies}))
+            results = await asyncio.gather(*(self._send(c, envelope, session, message) for c in copies))
+            for result in results:
+                outcome.update(result)
+        self.log_message(qid, envelope, summary, outcome, started, message_id(message))
+        return self.finish(server, rcpts, outcome)
+
+    async def _send(self, copy: policy.Copy, envelope, session, message: bytes) -> dict[str, Reply]:
+        smtputf8, eight_bit = envelope_flags(envelope)
+        if copy.sealed:
+            try:
+                if len(message) <= INLINE_SEAL_LIMIT:
+                    data = bundle.seal(message, copy.keys)
+                else:
+                    data = await asyncio.to_thread(bundle.seal, message, copy.keys)
+            except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
+                log.error("outbound: sealing failed: %s", type(exc).__name__)
+                return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)
+            eight_bit = False  # the sealed form is 7-bit clean
+        else:
+            data = message
+        next_hop = self.ctx.outbound_next_hop
+        return await next_hop.deliver(Envelope(envelope.mail_from, copy.rcpts, data, smtputf8, eight_bit,
+                                               session_xforward(session)))

@@ -1,0 +1,289 @@
+"""Delivery to the next hop: an SMTP client with connection reuse, or a Maildir.
+
+mailseal answers its client only after this returns: a recipient's reply is
+2xx only when the next hop accepted the mail for it. Unreachable, timed out
+or 4xx next hops give 4xx replies, so the MTA keeps the mail and retries; a
+5xx from the next hop is passed back as it came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import replies
+from .replies import Reply
+
+COMMAND_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 30.0
+FINAL_REPLY_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: ten minutes for the final dot
+XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+
+
+@dataclass
+class Envelope:
+    mail_from: str
+    rcpts: Sequence[str]
+    data: bytes
+    smtputf8: bool = False
+    eight_bit: bool = False
+    xforward: dict[str, str] = field(default_factory=dict)
+
+
+class _Broken(Exception):
+    """The connection is unusable; carries the reply to give for it."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.in_data = False  # broke after DATA: the next hop may hold a copy
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency, and the CRLF the terminator needs."""
+    if not data.endswith(b"\n"):
+        data += b"\r\n"
+    stuffed = data.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.extensions: dict[str, str] = {}
+
+    async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        lines = []
+        try:
+            while True:
+                line = await asyncio.wait_for(self.reader.readline(), timeout)
+                if not line.endswith(b"\n"):
+                    raise _Broken(replies.NEXT_HOP_UNREACHABLE)  # closed mid-reply
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                if len(text) < 3 or not text[:3].isdigit():
+                    raise _Broken(replies.NEXT_HOP_PROTOCOL)
+                lines.append(text[4:])
+                if text[3:4] != "-":
+                    return Reply(int(text[:3]), "\n".join(lines))
+        except asyncio.TimeoutError:
+            raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), COMMAND_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
+        except (ConnectionError, OSError):
+            raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
+
+    async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        await self.send(line.encode("utf-8", "surrogateescape") + b"\r\n")
+        return await self.reply(timeout)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461 xtext, as XFORWARD values are written."""
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}"
+                   for c in value.encode("utf-8", "surrogateescape").decode("latin-1"))
+
+
+class SMTPNextHop:
+    """An SMTP server as next hop, with idle connections kept for reuse."""
+
+    def __init__(self, host: str, port: int, *, starttls: bool = False, helo: str | None = None,
+                 tls_context: ssl.SSLContext | None = None, max_idle: int = 8) -> None:
+        self.host, self.port, self.starttls = host, port, starttls
+        self.helo = helo or socket.getfqdn()
+        self._tls = tls_context or ssl.create_default_context()
+        self._idle: list[tuple[_Connection, float]] = []
+        self._max_idle = max_idle
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _connect(self) -> _Connection:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=1 << 20), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
+        except OSError:
+            raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
+        conn = _Connection(reader, writer)
+        try:
+            greeting = await conn.reply()
+            if not greeting.ok:
+                raise _Broken(Reply(451, f"4.4.1 Next hop greeted with {greeting.code}, try again later"))
+            await self._ehlo(conn)
+            if self.starttls:
+                if "STARTTLS" not in conn.extensions:
+                    raise _Broken(Reply(451, "4.7.4 Next hop does not offer STARTTLS, which is required"))
+                if not (await conn.command("STARTTLS")).ok:
+                    raise _Broken(Reply(451, "4.7.4 Next hop refused STARTTLS"))
+                try:
+                    await asyncio.wait_for(writer.start_tls(self._tls, server_hostname=self.host), COMMAND_TIMEOUT)
+                except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                    raise _Broken(Reply(451, f"4.7.5 TLS with the next hop failed: {exc}")) from None
+                await self._ehlo(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _ehlo(self, conn: _Connection) -> None:
+        reply = await conn.command(f"EHLO {self.helo}")
+        if not reply.ok:
+            raise _Broken(Reply(451, f"4.5.0 Next hop refused EHLO: {reply.code}"))
+        conn.extensions = {}
+        for line in reply.text.splitlines()[1:]:
+            name, _, params = line.partition(" ")
+            conn.extensions[name.upper()] = params
+
+    async def _take(self) -> tuple[_Connection, bool]:
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < 60 and not conn.reader.at_eof():
+                return conn, True
+            conn.close()
+        return await self._connect(), False
+
+    def _give_back(self, conn: _Connection) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append((conn, time.monotonic()))
+        else:
+            conn.close()
+
+    async def deliver(self, envelope: Envelope) -> dict[str, Reply]:
+        """Send one message; return the next hop's verdict for each recipient."""
+        for attempt in (1, 2):
+            try:
+                conn, reused = await self._take()
+            except _Broken as exc:
+                return dict.fromkeys(envelope.rcpts, exc.reply)
+            try:
+                result = await self._transaction(conn, envelope)
+            except _Broken as exc:
+                conn.close()
+                if reused and attempt == 1 and exc.reply is not replies.NEXT_HOP_TIMEOUT \
+                        and not exc.in_data:
+                    continue  # a stale pooled connection: one fresh try
+                return dict.fromkeys(envelope.rcpts, exc.reply)
+            except BaseException:
+                conn.close()
+                raise
+            self._give_back(conn)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _transaction(self, conn: _Connection, env: Envelope) -> dict[str, Reply]:
+        ext = conn.extensions
+        if env.xforward and "XFORWARD" in ext:
+            offered = set(ext["XFORWARD"].upper().split())
+            attrs = [f"{k}={_xtext(v)}" for k, v in env.xforward.items() if k in offered]
+            if attrs:
+                reply = await conn.command("XFORWARD " + " ".join(attrs))
+                if not reply.ok:
+                    return dict.fromkeys(env.rcpts, reply)
+        params = [f"SIZE={len(env.data)}"] if "SIZE" in ext else []
+        if env.eight_bit and "8BITMIME" in ext:
+            params.append("BODY=8BITMIME")
+        if env.smtputf8:
+            if "SMTPUTF8" not in ext:
+                return dict.fromkeys(env.rcpts, Reply(550, "5.6.7 Next hop does not support SMTPUTF8"))
+            params.append("SMTPUTF8")
+        mail = f"MAIL FROM:<{env.mail_from}>" + "".join(" " + p for p in params)
+        rcpt_lines = [f"RCPT TO:<{r}>" for r in env.rcpts]
+        if "PIPELINING" in ext:
+            # RFC 2920: MAIL and every RCPT in one write, then read the replies.
+            await conn.send("".join(line + "\r\n" for line in [mail, *rcpt_lines]).encode(
+                "utf-8", "surrogateescape"))
+            mail_reply = await conn.reply()
+            rcpt_replies = [await conn.reply() for _ in rcpt_lines]
+            if not mail_reply.ok:
+                return dict.fromkeys(env.rcpts, mail_reply)
+        else:
+            mail_reply = await conn.command(mail)
+            if not mail_reply.ok:
+                return dict.fromkeys(env.rcpts, mail_reply)
+            rcpt_replies = [await conn.command(line) for line in rcpt_lines]
+        result = dict(zip(env.rcpts, rcpt_replies))
+        accepted = [r for r, reply in result.items() if reply.ok]
+        try:
+            if not accepted:
+                await conn.command("RSET")
+                return result
+            start = await conn.command("DATA")
+            if start.code != 354:
+                await conn.command("RSET")
+                return {r: (start if r in accepted else reply) for r, reply in result.items()}
+            await conn.send(dot_stuff(env.data) + b".\r\n")
+            final = await conn.reply(FINAL_REPLY_TIMEOUT)
+        except _Broken as exc:
+            # After DATA started, a broken connection counts as not accepted
+            # (451): the MTA's retry may duplicate, never lose, the message.
+            exc.in_data = True
+            raise
+        return {r: (final if r in accepted else reply) for r, reply in result.items()}
+
+    async def close(self) -> None:
+        for conn, _ in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+class MaildirNextHop:
+    """Local delivery into a Maildir (the demo and `make run`): tmp/, fsync, new/."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._counter = 0
+
+    def __str__(self) -> str:
+        return f"maildir:{self.path}"
+
+    def _write(self, data: bytes) -> str:
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self._counter += 1
+        name = f"{time.time():.6f}.P{os.getpid()}Q{self._counter}.{socket.gethostname()}"
+        tmp = self.path / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, self.path / "new" / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return name
+
+    async def deliver(self, envelope: Envelope) -> dict[str, Reply]:
+        try:
+            name = await asyncio.to_thread(self._write, envelope.data)
+        except OSError:
+            return dict.fromkeys(envelope.rcpts, replies.LOCAL_DELIVERY_FAILED)
+        return dict.fromkeys(envelope.rcpts, replies.ok(f"delivered to maildir as {name}"))
+
+    async def close(self) -> None:
+        pass
+
+
+def next_hop_for(config_next_hop) -> SMTPNextHop | MaildirNextHop:
+    if config_next_hop.maildir is not None:
+        return MaildirNextHop(config_next_hop.maildir)
+    ep = config_next_hop.endpoint
+    return SMTPNextHop(ep.host, ep.port, starttls=config_next_hop.starttls)

@@ -1,0 +1,65 @@
+"""Every reply the gateway gives, named, with its enhanced status code (RFC 3463)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str  # starts with the enhanced status code
+
+    def __str__(self) -> str:
+        lines = self.text.splitlines() or [""]
+        return "\r\n".join(f"{self.code}{'-' if i < len(lines) - 1 else ' '}{line}"
+                           for i, line in enumerate(lines))
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+def ok(text: str) -> Reply:
+    return Reply(250, f"2.0.0 {text}")
+
+
+# The SMTP edge
+CLIENT_NOT_ALLOWED = Reply(554, "5.7.1 Client host rejected: not in allowed_clients")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4 Message size exceeds the fixed maximum message size")
+BAD_SIZE = Reply(501, "5.5.4 Syntax error in SIZE parameter")
+XFORWARD_OK = Reply(250, "2.0.0 Ok")
+XFORWARD_BAD = Reply(501, "5.5.4 Bad XFORWARD attribute")
+BAD_ADDRESS = Reply(553, "5.1.3 Invalid recipient address")
+INTERNAL_ERROR = Reply(451, "4.3.0 Internal error, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2 Service shutting down, try again later")
+
+# Outbound (sealing)
+POLICY_REQUIRES_KEY = "5.7.1 <{rcpt}>: policy requires encryption and no usable key is known for this recipient"
+DECISION_CHANGED = Reply(451, "4.7.0 Encryption decision changed since RCPT (key or policy changed); try again")
+PARTIAL_FAILURE = Reply(451, "4.3.0 Not every copy could be delivered; try again")
+SEAL_FAILED = Reply(451, "4.7.5 Sealing failed; the message was not sent; try again later")
+KEYSTORE_UNAVAILABLE = Reply(451, "4.3.0 Keystore unavailable, try again later")
+
+# Inbound (opening)
+TAMPERED = Reply(550, "5.7.5 Sealed message failed authentication (tampered or corrupted)")
+NO_IDENTITY = Reply(550, "5.7.5 No local key opens this sealed message")
+MALFORMED = Reply(550, "5.6.0 Malformed sealed message")
+REPLAYED = Reply(550, "5.7.0 Replayed sealed message refused (already delivered)")
+TOO_OLD = Reply(550, "5.7.0 Sealed message is older than the replay window")
+FROM_THE_FUTURE = Reply(550, "5.7.0 Sealed message is dated in the future")
+REPLAY_CACHE_DOWN = Reply(451, "4.3.0 Replay cache unavailable, try again later")
+
+# The next hop
+NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1 Next hop unreachable, try again later")
+NEXT_HOP_TIMEOUT = Reply(451, "4.4.2 Next hop timed out, try again later")
+NEXT_HOP_PROTOCOL = Reply(451, "4.5.0 Next hop answered out of protocol, try again later")
+LOCAL_DELIVERY_FAILED = Reply(451, "4.3.0 Local delivery failed, try again later")

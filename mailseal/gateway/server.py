@@ -1,0 +1,179 @@
+"""`mailseal serve`: the listeners, their shared state, and the life of the process.
+
+SIGTERM stops accepting connections, lets the messages in flight finish,
+then exits; SIGHUP re-reads the configuration (a broken one is reported and
+the running one kept); readiness and state go to systemd by sd_notify when
+NOTIFY_SOCKET is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config as config_mod
+from ..keystore import SQLiteKeyStore, open_keystore
+from ..quarantine import Quarantine
+from ..replay import ReplayCache, Window
+from .inbound import InboundHandler
+from .outbound import OutboundHandler
+from .relay import next_hop_for
+from .smtp import make_server
+
+log = logging.getLogger("mailseal.server")
+STOP_GRACE = 60.0
+
+
+def sd_notify(state: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+@dataclass
+class Context:
+    """What the handlers share; replaced piece by piece on reload."""
+
+    config: config_mod.Config
+    keystore: SQLiteKeyStore
+    replay_cache: ReplayCache | None = None
+    quarantine: Quarantine | None = None
+    outbound_next_hop: object = None
+    inbound_next_hop: object = None
+    stopping: bool = False
+    sessions: set = field(default_factory=set)
+
+    @classmethod
+    def build(cls, cfg: config_mod.Config) -> Context:
+        keystore = open_keystore(cfg.keystore, create=True, actor="daemon")
+        if cfg.inbound is not None:
+            keystore.master()  # a missing or wrong master key stops the start, loudly
+        ctx = cls(cfg, keystore)
+        ctx.apply(cfg)
+        return ctx
+
+    def apply(self, cfg: config_mod.Config) -> None:
+        self.config = cfg
+        if cfg.outbound is not None:
+            self.outbound_next_hop = next_hop_for(cfg.outbound.next_hop)
+        if cfg.inbound is not None:
+            self.inbound_next_hop = next_hop_for(cfg.inbound.next_hop)
+            window = Window(cfg.inbound.replay_window, cfg.inbound.max_clock_skew)
+            if self.replay_cache is None:
+                self.replay_cache = ReplayCache(cfg.server.state_dir / "replay.sqlite3", window)
+            self.replay_cache.window = window
+            self.quarantine = Quarantine(cfg.server.state_dir / "quarantine")
+
+
+class Gateway:
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.ctx = Context.build(cfg)
+        self.servers: list[asyncio.base_events.Server] = []
+        self._stopped = asyncio.Event()
+        self._listen = self._listeners(cfg)
+
+    @staticmethod
+    def _listeners(cfg: config_mod.Config) -> list[tuple[str, object]]:
+        out = []
+        if cfg.outbound is not None:
+            out.append(("outbound", cfg.outbound))
+        if cfg.inbound is not None:
+            out.append(("inbound", cfg.inbound))
+        return out
+
+    async def start(self) -> None:
+        cfg = self.ctx.config
+        for name, section in self._listen:
+            handler = (OutboundHandler if name == "outbound" else InboundHandler)(self.ctx)
+            factory = make_server(handler, protocol=section.protocol,
+                                  allowed_clients=cfg.server.allowed_clients,
+                                  max_message_size=cfg.server.max_message_size,
+                                  registry=self.ctx.sessions)
+            loop = asyncio.get_running_loop()
+            try:
+                server = await loop.create_server(factory, section.listen.host, section.listen.port,
+                                                  reuse_address=True)
+            except OSError as exc:
+                raise config_mod.ConfigError(f"[{name}] listen = {section.listen}: {exc.strerror}") from None
+            self.servers.append(server)
+            log.info("%s listener (%s) on %s, next hop %s", name, section.protocol.upper(), section.listen,
+                     self.ctx.outbound_next_hop if name == "outbound" else self.ctx.inbound_next_hop)
+
+    def reload(self, path: Path) -> None:
+        sd_notify("RELOADING=1")
+        try:
+            cfg = config_mod.load(path)
+        except config_mod.ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            sd_notify("READY=1")
+            return
+        if self._listeners(cfg) and [(n, s.listen, s.protocol) for n, s in self._listeners(cfg)] != \
+                [(n, s.listen, s.protocol) for n, s in self._listen]:
+            log.warning("reload: listener addresses or protocols changed; they take effect on restart")
+        if cfg.keystore != self.ctx.config.keystore:
+            log.warning("reload: [keystore] changed; it takes effect on restart")
+        self.ctx.apply(cfg)
+        for session_cls in {type(s) for s in self.ctx.sessions}:
+            session_cls.allowed_clients = tuple(cfg.server.allowed_clients)
+            session_cls.max_message_size = cfg.server.max_message_size
+        log.info("configuration reloaded from %s", path)
+        sd_notify("READY=1")
+
+    async def stop(self) -> None:
+        """Stop accepting; let messages in flight finish (up to STOP_GRACE); close."""
+        sd_notify("STOPPING=1")
+        self.ctx.stopping = True
+        for server in self.servers:
+            server.close()
+        deadline = asyncio.get_running_loop().time() + STOP_GRACE
+        while any(s.busy for s in list(self.ctx.sessions) if s.transport) and \
+                asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.ctx.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        for hop in (self.ctx.outbound_next_hop, self.ctx.inbound_next_hop):
+            if hop is not None:
+                await hop.close()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def run(path: Path) -> int:
+    cfg = config_mod.load(path)
+    if cfg.outbound is None and cfg.inbound is None:
+        raise config_mod.ConfigError("no [outbound] or [inbound] section: nothing to serve")
+    gateway = Gateway(cfg)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(gateway.stop()))
+    loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(gateway.stop()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload(path))
+    sd_notify("READY=1")
+    log.info("mailseal ready")
+    await gateway.wait()
+    gateway.ctx.keystore.close()
+    if gateway.ctx.replay_cache is not None:
+        gateway.ctx.replay_cache.close()
+    log.info("mailseal stopped")
+    return 0
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every command line at INFO: too chatty for a mail path.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)

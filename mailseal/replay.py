@@ -1,0 +1,109 @@
+"""Replay defence: the date window and the durable (recipient, serial) cache.
+
+A bundle older than the window or dated too far in the future is refused.
+Every opened (recipient, serial) is stored in SQLite until its window has
+passed; the check-and-insert is one INSERT on a primary key, so two
+connections (or, with a shared database, two nodes) racing on the same
+serial cannot both win. When delivery to the next hop then fails, the entry
+is removed again so the MTA's retry is not taken for a replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ReplayError(Exception):
+    """The bundle must be refused; the message says why, for the SMTP reply."""
+
+
+class TooOld(ReplayError):
+    pass
+
+
+class FromTheFuture(ReplayError):
+    pass
+
+
+class Replayed(ReplayError):
+    pass
+
+
+class CacheUnavailable(Exception):
+    """The cache cannot be read or written: a temporary failure, never a pass."""
+
+
+@dataclass(frozen=True)
+class Window:
+    max_age: int  # seconds
+    max_skew: int  # seconds
+
+    def check(self, date: int, now: float) -> None:
+        if date < now - self.max_age:
+            raise TooOld(f"sealed {int(now - date)} s ago, older than the replay window of {self.max_age} s")
+        if date > now + self.max_skew:
+            raise FromTheFuture(f"dated {int(date - now)} s in the future (more than the allowed clock skew)")
+
+
+class ReplayCache:
+    SCHEMA = ("CREATE TABLE IF NOT EXISTS seen (recipient TEXT NOT NULL, serial TEXT NOT NULL, "
+              "expires INTEGER NOT NULL, PRIMARY KEY (recipient, serial)) WITHOUT ROWID",
+              "CREATE INDEX IF NOT EXISTS seen_expires ON seen (expires)")
+
+    def __init__(self, path: Path, window: Window, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inserts = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        with self._errors():
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")  # an accepted serial must survive a crash
+            for statement in self.SCHEMA:
+                self._db.execute(statement)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise CacheUnavailable(f"replay cache {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def claim(self, recipient: str, serial: str, date: int) -> None:
+        """Check the window and record (recipient, serial); raise ReplayError if refused."""
+        now = self._clock()
+        self.window.check(date, now)
+        # Kept until the bundle is too old to pass the window check anyway.
+        expires = date + self.window.max_age + 1
+        with self._lock, self._errors():
+            try:
+                self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (recipient, serial, expires))
+            except sqlite3.IntegrityError:
+                raise Replayed(f"serial {serial} was already delivered to {recipient}") from None
+            self._inserts += 1
+            if self._inserts % 1000 == 0:
+                self._db.execute("DELETE FROM seen WHERE expires < ?", (int(now),))
+
+    def release(self, recipient: str, serial: str) -> None:
+        """Forget a claim whose delivery failed, so the MTA's retry is accepted."""
+        with self._lock, self._errors():
+            self._db.execute("DELETE FROM seen WHERE recipient = ? AND serial = ?", (recipient, serial))
+
+    def purge(self) -> int:
+        with self._lock, self._errors():
+            return self._db.execute("DELETE FROM seen WHERE expires < ?", (int(self._clock()),)).rowcount

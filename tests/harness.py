@@ -1,0 +1,181 @@
+"""Real parts for gateway tests: free ports, a capturing SMTP sink, mailseal
+daemons in child processes, and the CLI to give them keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from .conftest import ROOT, run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    xforward: dict = field(default_factory=dict)
+
+
+class SinkHandler:
+    """Stores every message; can be told to answer something else."""
+
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.reply = "250 2.0.0 Ok: queued"
+        self.rcpt_reply: dict[str, str] = {}
+        self.event = threading.Event()
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if address in self.rcpt_reply:
+            return self.rcpt_reply[address]
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.reply.startswith("2"):
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
+                                          dict(getattr(session, "xforward", {}))))
+            self.event.set()
+        return self.reply
+
+
+class Sink:
+    """An aiosmtpd server on a free loopback port, in its own thread."""
+
+    def __init__(self) -> None:
+        from mailseal.gateway.smtp import GatewaySMTP
+
+        self.handler = SinkHandler()
+        self.port = free_port()
+        outer = self
+
+        class _Controller(Controller):
+            def factory(self):
+                server = type("SinkSMTP", (GatewaySMTP,), {
+                    "allowed_clients": (__import__("ipaddress").ip_network("127.0.0.0/8"),),
+                    "max_message_size": 200 * 1024 * 1024,
+                    "line_length_limit": 200 * 1024 * 1024})(
+                    outer.handler, data_size_limit=None, enable_SMTPUTF8=True, decode_data=False)
+                return server
+
+        self.controller = _Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> Sink:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages
+
+    def wait(self, count: int = 1, timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.messages
+
+
+class Daemon:
+    """`mailseal serve` in a child process, with its own config and state."""
+
+    def __init__(self, directory: Path, *, outbound: dict | None = None, inbound: dict | None = None,
+                 server: dict | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "mailseal.toml"
+        self.outbound_port = free_port() if outbound is not None else None
+        self.inbound_port = free_port() if inbound is not None else None
+        lines = ['[keystore]', 'path = "state/keystore.sqlite3"', '', '[server]', 'state_dir = "state"']
+        for key, value in (server or {}).items():
+            lines.append(f"{key} = {_toml(value)}")
+        for name, section, port in (("outbound", outbound, self.outbound_port), ("inbound", inbound, self.inbound_port)):
+            if section is not None:
+                lines += ["", f"[{name}]", f'listen = "127.0.0.1:{port}"']
+                lines += [f"{k} = {_toml(v)}" for k, v in section.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "daemon.log"
+
+    def cli(self, *args: str, input: bytes = b""):
+        result = run_cli("-c", str(self.config), *args, input=input)
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+    def start(self) -> Daemon:
+        self._log_handle = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailseal", "-c", str(self.config), "serve"],
+                                     stdout=self._log_handle, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        for port in (self.outbound_port, self.inbound_port):
+            if port:
+                try:
+                    wait_for_port(port, proc=self.proc)
+                except Exception:
+                    raise RuntimeError(f"daemon did not start: {self.log.read_text()}") from None
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log_handle.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
