@@ -52,7 +52,12 @@ class SinkHandler:
         self.messages: list[Received] = []
         self.reply = "250 2.0.0 Ok: queued"
         self.rcpt_reply: dict[str, str] = {}
+        self.delay = 0.0
         self.event = threading.Event()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses[:-1] + ["250-XFORWARD NAME ADDR PROTO HELO SOURCE", "250-PIPELINING"] + responses[-1:]
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         if address in self.rcpt_reply:
@@ -61,6 +66,10 @@ class SinkHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            import asyncio
+
+            await asyncio.sleep(self.delay)
         if self.reply.startswith("2"):
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
                                           dict(getattr(session, "xforward", {}))))
@@ -179,3 +188,43 @@ def _toml(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class Transaction:
+    mail: tuple[int, bytes]
+    rcpts: list[tuple[int, bytes]]
+    data: tuple[int, bytes] | None
+
+
+def smtp_transaction(port: int, mail_from: str, rcpts: list[str], message: bytes, *, lmtp: bool = False,
+                     xforward: str | None = None, mail_options: tuple[str, ...] = ()) -> Transaction:
+    """One transaction with every reply kept (smtplib hides most of them)."""
+    import smtplib
+
+    client = smtplib.LMTP("127.0.0.1", port) if lmtp else smtplib.SMTP("127.0.0.1", port, timeout=120)
+    try:
+        client.ehlo_or_helo_if_needed() if not lmtp else client.ehlo("client.test")
+        if xforward:
+            assert client.docmd("XFORWARD", xforward)[0] == 250
+        mail = client.mail(mail_from, list(mail_options))
+        if mail[0] != 250:
+            return Transaction(mail, [], None)
+        rcpt_replies = [client.rcpt(r) for r in rcpts]
+        if not any(code == 250 for code, _ in rcpt_replies):
+            return Transaction(mail, rcpt_replies, None)
+        if lmtp:
+            code, text = client.docmd("DATA")
+            assert code == 354, (code, text)
+            from mailseal.gateway.relay import dot_stuff
+
+            client.send(dot_stuff(message) + b".\r\n")
+            replies = [client.getreply() for r in rcpt_replies if r[0] == 250]
+            return Transaction(mail, rcpt_replies, replies)  # type: ignore[arg-type]
+        data = client.data(message)
+        return Transaction(mail, rcpt_replies, data)
+    finally:
+        try:
+            client.quit()
+        except Exception:  # noqa: BLE001 - the server may have gone
+            client.close()

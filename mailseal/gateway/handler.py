@@ -28,9 +28,12 @@ class BaseHandler:
     def __init__(self, context) -> None:
         self.ctx = context
 
+    def size_limit(self) -> int:
+        return self.ctx.config.server.max_message_size
+
     async def handle_EHLO(self, server, session, envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        extra = [f"250-SIZE {self.ctx.config.server.max_message_size}",
+        extra = [f"250-SIZE {self.size_limit()}",
                  "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE"]
         return responses[:-1] + extra + responses[-1:]
 
@@ -40,7 +43,7 @@ class BaseHandler:
             if match:
                 if not match.group(1).isdigit():
                     return str(replies.BAD_SIZE)
-                if int(match.group(1)) > self.ctx.config.server.max_message_size:
+                if int(match.group(1)) > self.size_limit():
                     return str(replies.MESSAGE_TOO_BIG)
         if self.ctx.stopping:
             return str(replies.SHUTTING_DOWN)

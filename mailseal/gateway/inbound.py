@@ -52,8 +52,21 @@ class Refusal(Exception):
         self.reply, self.reason = reply, reason
 
 
+def sealed_size_limit(max_message_size: int) -> int:
+    """What a bundle of a max_message_size message can weigh on the wire.
+
+    base64 (4/3) in 76-character lines with CRLF (78/76), plus room for the
+    headers, the key blob and STREAM tags: the inbound listener accepts that,
+    so a message the sender's gateway accepted is not refused for sealing.
+    """
+    return max_message_size * 4 * 78 // (3 * 76) + 256 * 1024
+
+
 class InboundHandler(BaseHandler):
     direction = "inbound"
+
+    def size_limit(self) -> int:
+        return sealed_size_limit(self.ctx.config.server.max_message_size)
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
         if self.address(address) is None:

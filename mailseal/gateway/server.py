@@ -23,7 +23,7 @@ from ..replay import ReplayCache, Window
 from .inbound import InboundHandler
 from .outbound import OutboundHandler
 from .relay import next_hop_for
-from .smtp import make_server
+from .smtp import make_server, reconfigure
 
 log = logging.getLogger("mailseal.server")
 STOP_GRACE = 60.0
@@ -81,6 +81,7 @@ class Gateway:
     def __init__(self, cfg: config_mod.Config) -> None:
         self.ctx = Context.build(cfg)
         self.servers: list[asyncio.base_events.Server] = []
+        self.factories: list[tuple[object, object]] = []  # (handler, session factory)
         self._stopped = asyncio.Event()
         self._listen = self._listeners(cfg)
 
@@ -99,8 +100,9 @@ class Gateway:
             handler = (OutboundHandler if name == "outbound" else InboundHandler)(self.ctx)
             factory = make_server(handler, protocol=section.protocol,
                                   allowed_clients=cfg.server.allowed_clients,
-                                  max_message_size=cfg.server.max_message_size,
+                                  max_message_size=handler.size_limit(),
                                   registry=self.ctx.sessions)
+            self.factories.append((handler, factory))
             loop = asyncio.get_running_loop()
             try:
                 server = await loop.create_server(factory, section.listen.host, section.listen.port,
@@ -125,9 +127,8 @@ class Gateway:
         if cfg.keystore != self.ctx.config.keystore:
             log.warning("reload: [keystore] changed; it takes effect on restart")
         self.ctx.apply(cfg)
-        for session_cls in {type(s) for s in self.ctx.sessions}:
-            session_cls.allowed_clients = tuple(cfg.server.allowed_clients)
-            session_cls.max_message_size = cfg.server.max_message_size
+        for handler, factory in self.factories:
+            reconfigure(factory, allowed_clients=cfg.server.allowed_clients, max_message_size=handler.size_limit())
         log.info("configuration reloaded from %s", path)
         sd_notify("READY=1")
 

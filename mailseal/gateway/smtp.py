@@ -182,7 +182,15 @@ def make_server(handler, *, protocol: str, allowed_clients, max_message_size: in
             registry.add(server)
         return server
 
+    factory.cls = cls
     return factory
+
+
+def reconfigure(factory, *, allowed_clients, max_message_size: int) -> None:
+    """New limits for the connections a factory makes from now on."""
+    factory.cls.allowed_clients = tuple(allowed_clients)
+    factory.cls.max_message_size = max_message_size
+    factory.cls.line_length_limit = max_message_size + 1024
 
 
 def session_xforward(session: Session) -> dict[str, str]:

@@ -1,0 +1,433 @@
+"""The gateway end to end: real SMTP clients, mailseal daemons in child
+processes, real capturing SMTP servers behind them (two companies, A and B)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import smtplib
+import socket
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from mailseal import age, bundle
+
+from .bundle_tools import decoded_parts, rebuild
+from .corpus import MESSAGES
+from .harness import Daemon, Sink, free_port, smtp_transaction
+
+BOB_MESSAGE = (b"From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\nSubject: the plan\r\n"
+               b"Message-ID: <plan@a.test>\r\n\r\nThe secret plan.\r\n.\r\n..two dots\r\nFrom here\r\n")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """final <- B inbound <- (wire) <- A outbound; A2 outbound -> B inbound directly."""
+    root = tmp_path_factory.mktemp("world")
+    with Sink() as final, Sink() as wire:
+        b = Daemon(root / "b", inbound={"next_hop": f"127.0.0.1:{final.port}"})
+        for owner, extra in (("bob@b.test", []), ("carol@b.test", []), ("old@b.test", ["--classic"]),
+                             ("@b.test", [])):
+            b.cli("keys", "generate", owner, *extra)
+        cards = {o: b.cli("keys", "export", o) for o in ("bob@b.test", "carol@b.test", "old@b.test", "@b.test")}
+        a = Daemon(root / "a", outbound={"next_hop": f"127.0.0.1:{wire.port}"})
+        a2 = Daemon(root / "a2", outbound={"next_hop": f"127.0.0.1:{b.inbound_port}"})
+        for daemon in (a, a2):
+            for owner, card in cards.items():
+                path = root / f"{owner.strip('@')}.card"
+                path.write_text(card)
+                daemon.cli("keys", "import", owner, str(path))
+            daemon.cli("policy", "set", "@secret.test", "require")
+            daemon.cli("policy", "set", "internal@b.test", "plain")
+        b.start()
+        a.start()
+        a2.start()
+        try:
+            yield {"a": a, "a2": a2, "b": b, "final": final, "wire": wire, "root": root}
+        finally:
+            for d in (a, a2, b):
+                d.stop()
+            for d in (a, a2, b):
+                assert "Traceback" not in d.log_text(), d.log_text()
+
+
+@pytest.fixture(autouse=True)
+def clean(request):
+    if "world" in request.fixturenames:
+        w = request.getfixturevalue("world")
+        for sink in (w["final"], w["wire"]):
+            sink.messages.clear()
+            sink.handler.reply = "250 2.0.0 Ok: queued"
+            sink.handler.rcpt_reply.clear()
+            sink.handler.delay = 0
+    yield
+
+
+def without_trace(data: bytes) -> bytes:
+    assert data.startswith(b"Mailseal-Status: opened; serial=")
+    return data.split(b"\r\n", 1)[1]
+
+
+# --- the whole path -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["CRLF_PLAIN", "UTF8_HEADERS", "NESTED_MULTIPART", "LONG_LINES", "EMPTY_BODY",
+                                  "ENCODED_WORDS", "FOLDED_HEADERS"])
+def test_a_seals_b_opens_byte_for_byte(world, name):
+    message = MESSAGES[name]
+    t = smtp_transaction(world["a2"].outbound_port, "alice@a.test", ["bob@b.test"], message,
+                         mail_options=("BODY=8BITMIME", "SMTPUTF8") if not message.isascii() else ())
+    assert t.data[0] == 250, t
+    [got] = world["final"].wait(1)
+    assert without_trace(got.data) == message
+    assert (got.mail_from, got.rcpts) == ("alice@a.test", ["bob@b.test"])
+
+
+def test_the_wire_carries_only_sealed_mail(world):
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test"], BOB_MESSAGE)
+    assert t.data[0] == 250
+    [sealed] = world["wire"].wait(1)
+    assert bundle.is_sealed(sealed.data)
+    for secret in (b"secret plan", b"the plan", b"two dots"):
+        assert secret not in sealed.data
+    assert sealed.data.isascii() and b"Subject: [...]" in sealed.data
+    assert b"Message-ID: <plan@a.test>" in sealed.data
+
+
+def test_a_message_near_the_50mb_limit_goes_through(world):
+    from .corpus import attachment_message
+
+    message = attachment_message(36_000_000)  # 36 MB of attachment is ~49.4 MB of mail
+    assert 48_000_000 < len(message) < 50_000_000
+    t = smtp_transaction(world["a2"].outbound_port, "alice@a.test", ["bob@b.test"], message)
+    assert t.data[0] == 250
+    [got] = world["final"].wait(1, timeout=120)
+    assert without_trace(got.data) == message
+
+
+# --- copies ---------------------------------------------------------------------------
+
+def test_to_cc_share_a_copy_bcc_gets_its_own_classic_apart(world):
+    message = (b"From: alice@a.test\r\nTo: bob@b.test\r\nCc: carol@b.test, old@b.test\r\n"
+               b"Subject: s\r\n\r\nbody\r\n")
+    rcpts = ["bob@b.test", "carol@b.test", "old@b.test", "dave@b.test", "nokey@elsewhere.test"]
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", rcpts, message)
+    assert t.data[0] == 250
+    copies = world["wire"].wait(4)
+    by_rcpts = {tuple(sorted(c.rcpts)): c for c in copies}
+    assert set(by_rcpts) == {("bob@b.test", "carol@b.test"), ("old@b.test",), ("dave@b.test",),
+                             ("nokey@elsewhere.test",)}
+    stanza_types = {}
+    for rcpts_key, copy in by_rcpts.items():
+        if rcpts_key == ("nokey@elsewhere.test",):
+            assert copy.data == message  # opportunistic, no key: in clear, unchanged
+            continue
+        key, _ = decoded_parts(copy.data)
+        stanza_types[rcpts_key] = re.findall(rb"^-> (\S+)", key, re.M)
+    assert stanza_types[("bob@b.test", "carol@b.test")].count(b"mlkem768x25519") == 2
+    assert stanza_types[("old@b.test",)].count(b"X25519") == 1
+    assert b"mlkem768x25519" not in stanza_types[("old@b.test",)]
+    # dave has no key of his own: the @b.test domain key, and nobody else's
+    assert stanza_types[("dave@b.test",)].count(b"mlkem768x25519") == 1
+    for copy in copies:
+        assert b"dave@b.test" not in copy.data  # the Bcc stays hidden
+
+
+def test_plain_policy_and_already_encrypted_pass_unchanged(world):
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["internal@b.test"], BOB_MESSAGE)
+    assert t.data[0] == 250
+    pgp = MESSAGES["ALREADY_PGP"]
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test"], pgp)
+    assert t.data[0] == 250
+    got = world["wire"].wait(2)
+    assert [m.data for m in got] == [BOB_MESSAGE, pgp]
+
+
+def test_require_without_key_is_refused_at_rcpt_and_nothing_leaves(world):
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["spy@secret.test"], BOB_MESSAGE)
+    code, text = t.rcpts[0]
+    assert code == 550 and text.startswith(b"5.7.1 <spy@secret.test>: policy requires encryption")
+    assert t.data is None
+    # with another, acceptable recipient: the refused one gets nothing
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["spy@secret.test", "bob@b.test"], BOB_MESSAGE)
+    assert t.data[0] == 250
+    [copy] = world["wire"].wait(1)
+    assert copy.rcpts == ["bob@b.test"] and bundle.is_sealed(copy.data)
+
+
+def test_key_revoked_between_rcpt_and_data_gives_451(world, tmp_path):
+    a = world["a"]
+    extra = age.generate().recipient()
+    a.cli("keys", "import", "x@secret.test", str(extra))
+    client = smtplib.SMTP("127.0.0.1", a.outbound_port)
+    try:
+        client.ehlo("client.test")
+        assert client.mail("alice@a.test")[0] == 250
+        assert client.rcpt("x@secret.test")[0] == 250
+        a.cli("keys", "revoke", "x@secret.test")
+        code, text = client.data(BOB_MESSAGE.replace(b"bob@b.test", b"x@secret.test"))
+    except smtplib.SMTPDataError as exc:
+        code, text = exc.smtp_code, exc.smtp_error
+    finally:
+        client.close()
+    assert code == 451 and text.startswith(b"4.7.0")
+    assert world["wire"].messages == []
+
+
+# --- inbound refusals ----------------------------------------------------------------
+
+def sealed_for_bob(world, message=BOB_MESSAGE) -> bytes:
+    smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test"], message)
+    [copy] = world["wire"].wait(1)
+    world["wire"].messages.clear()
+    return copy.data
+
+
+def test_replayed_bundle_is_refused(world):
+    sealed = sealed_for_bob(world)
+    first = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], sealed)
+    again = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], sealed)
+    assert first.data[0] == 250
+    assert again.data[0] == 550 and again.data[1].startswith(b"5.7.0 Replayed")
+    assert len(world["final"].wait(1)) == 1
+    time.sleep(0.2)
+    assert len(world["final"].messages) == 1
+
+
+def test_tampered_bundle_is_refused(world):
+    sealed = sealed_for_bob(world)
+    key, payload = decoded_parts(sealed)
+    tampered = rebuild(sealed, payload=payload[:-3] + bytes([payload[-3] ^ 1]) + payload[-2:])
+    t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], tampered)
+    assert t.data[0] == 550 and t.data[1].startswith(b"5.7.5")
+    assert world["final"].messages == []
+
+
+@pytest.mark.parametrize("age_seconds, fragment", [(8 * 86400, b"older than the replay window"),
+                                                   (-2 * 3600, b"dated in the future")])
+def test_bundles_outside_the_window_are_refused(world, age_seconds, fragment):
+    from mailseal.keystore import SQLiteKeyStore, MasterKeySource
+    from mailseal.addresses import parse_address
+
+    state = world["b"].dir / "state"
+    with SQLiteKeyStore(state / "keystore.sqlite3", MasterKeySource(file=state / "master.key")) as ks:
+        recipient = ks.identities_for(parse_address("bob@b.test"))[0].recipient()
+    sealed = bundle.seal(BOB_MESSAGE, [recipient], now=time.time() - age_seconds)
+    t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], sealed)
+    assert t.data[0] == 550 and fragment in t.data[1]
+
+
+def test_no_local_key_and_malformed_bundle(world):
+    stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()])
+    t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], stranger)
+    assert t.data[0] == 550 and t.data[1].startswith(b"5.7.5 No local key")
+    sealed = sealed_for_bob(world)
+    broken = sealed[: sealed.rindex(b"--=_mailseal_")]
+    t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], broken)
+    assert t.data[0] == 550 and t.data[1].startswith(b"5.6.0")
+    assert world["final"].messages == []
+
+
+def test_forged_mailseal_headers_are_removed_from_clear_mail(world):
+    forged = (b"From: mallory@evil.test\r\nMailseal-Status: opened; key=trust-me\r\n"
+              b"mailseal-verified: yes\r\n  folded continuation\r\nSubject: hi\r\n\r\nbody\r\n")
+    t = smtp_transaction(world["b"].inbound_port, "mallory@evil.test", ["bob@b.test"], forged)
+    assert t.data[0] == 250
+    [got] = world["final"].wait(1)
+    assert got.data == b"From: mallory@evil.test\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+# --- the next hop ---------------------------------------------------------------------
+
+def test_next_hop_4xx_5xx_and_down(world, tmp_path):
+    wire = world["wire"]
+    wire.handler.reply = "452 4.3.1 Insufficient system storage"
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test"], BOB_MESSAGE)
+    assert t.data[0] == 452
+    wire.handler.reply = "554 5.7.1 Rejected by policy"
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test"], BOB_MESSAGE)
+    assert t.data[0] == 554
+    wire.handler.reply = "250 2.0.0 Ok"
+    down = Daemon(tmp_path / "down", outbound={"next_hop": f"127.0.0.1:{free_port()}"})
+    down.start()
+    try:
+        t = smtp_transaction(down.outbound_port, "alice@a.test", ["nobody@x.test"], BOB_MESSAGE)
+        assert t.data[0] == 451 and t.data[1].startswith(b"4.4.1")
+    finally:
+        down.stop()
+
+
+def test_partial_failure_is_451_in_smtp_and_per_recipient_in_lmtp(world, tmp_path):
+    wire = world["wire"]
+    wire.handler.rcpt_reply["carol@b.test"] = "550 5.1.1 No such user"
+    message = b"From: alice@a.test\r\nTo: bob@b.test\r\n\r\nhi\r\n"
+    # carol is a Bcc: her copy is separate, and refused by the next hop.
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test", "carol@b.test"], message)
+    assert t.data[0] == 451
+    lmtp = Daemon(tmp_path / "lmtp", outbound={"next_hop": f"127.0.0.1:{wire.port}", "protocol": "lmtp"})
+    lmtp.cli("keys", "import", "bob@b.test", str(world["root"] / "bob@b.test.card"))
+    lmtp.start()
+    try:
+        t = smtp_transaction(lmtp.outbound_port, "alice@a.test", ["bob@b.test", "carol@b.test"], message, lmtp=True)
+        assert [code for code, _ in t.data] == [250, 550]
+    finally:
+        lmtp.stop()
+
+
+def test_xforward_reaches_the_next_hop(world):
+    t = smtp_transaction(world["a"].outbound_port, "alice@a.test", ["bob@b.test"], BOB_MESSAGE,
+                         xforward="NAME=mua.example ADDR=192.0.2.7 PROTO=ESMTP HELO=mua.example")
+    assert t.data[0] == 250
+    [copy] = world["wire"].wait(1)
+    assert copy.xforward == {"NAME": "mua.example", "ADDR": "192.0.2.7", "PROTO": "ESMTP", "HELO": "mua.example"}
+
+
+# --- the SMTP edge ----------------------------------------------------------------------
+
+def test_clients_outside_allowed_clients_get_554(tmp_path):
+    d = Daemon(tmp_path / "closed", outbound={"next_hop": "127.0.0.1:9"},
+               server={"allowed_clients": ["192.0.2.0/24"]})
+    d.start()
+    try:
+        with socket.create_connection(("127.0.0.1", d.outbound_port), timeout=10) as s:
+            banner = s.recv(200)
+            assert banner.startswith(b"554 5.7.1")
+            assert s.recv(200) == b""  # and the connection is closed
+    finally:
+        d.stop()
+
+
+def test_oversize_mail_is_refused_with_552_534(tmp_path):
+    with Sink() as sink:
+        d = Daemon(tmp_path / "small", outbound={"next_hop": f"127.0.0.1:{sink.port}"},
+                   server={"max_message_size": "100KB"})
+        d.start()
+        try:
+            client = smtplib.SMTP("127.0.0.1", d.outbound_port)
+            client.ehlo("c.test")
+            assert client.esmtp_features["size"] == "100000"
+            code, text = client.mail("a@a.test", ["SIZE=200000"])
+            assert (code, text[:5]) == (552, b"5.3.4")
+            client.rset()
+            client.mail("a@a.test")
+            client.rcpt("b@b.test")
+            code, text = client.data(b"Subject: big\r\n\r\n" + b"x" * 150_000 + b"\r\n")
+            assert (code, text[:5]) == (552, b"5.3.4")
+            # the session is still in step after the refusal
+            assert client.noop()[0] == 250
+            client.quit()
+            assert sink.messages == []
+        finally:
+            d.stop()
+
+
+def test_long_lines_and_pipelined_quit(world):
+    long_line = b"From: a@a.test\r\nTo: internal@b.test\r\n\r\n" + b"y" * 5000 + b"\r\n"
+    with socket.create_connection(("127.0.0.1", world["a"].outbound_port)) as s:
+        f = s.makefile("rwb")
+        f.readline()
+        for line in (b"EHLO c.test\r\n",):
+            f.write(line)
+            f.flush()
+        while not f.readline().startswith(b"250 "):
+            pass
+        f.write(b"MAIL FROM:<a@a.test>\r\nRCPT TO:<internal@b.test>\r\nDATA\r\n")
+        f.flush()
+        assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        f.write(long_line + b".\r\nQUIT\r\n")  # QUIT pipelined after the final dot
+        f.flush()
+        assert f.readline().startswith(b"250 ")
+        assert f.readline().startswith(b"221")
+    [got] = world["wire"].wait(1)
+    assert got.data == long_line
+
+
+# --- the process -------------------------------------------------------------------------
+
+def test_sigterm_finishes_the_message_in_flight(tmp_path):
+    with Sink() as sink:
+        sink.handler.delay = 2.0
+        d = Daemon(tmp_path / "graceful", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
+        d.start()
+        result = {}
+
+        def send():
+            result["t"] = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(0.8)  # the message is now waiting on the slow next hop
+        d.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):  # no new connections once stopping
+            socket.create_connection(("127.0.0.1", d.outbound_port), timeout=2).close()
+        sender.join(30)
+        assert result["t"].data[0] == 250
+        assert len(sink.messages) == 1
+        assert d.proc.wait(30) == 0
+
+
+def test_sighup_reloads_the_configuration(tmp_path):
+    with Sink() as sink:
+        d = Daemon(tmp_path / "reload", outbound={"next_hop": f"127.0.0.1:{sink.port}",
+                                                   "default_policy": "opportunistic"})
+        d.start()
+        try:
+            assert smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE).data[0] == 250
+            d.config.write_text(d.config.read_text().replace('"opportunistic"', '"require"'))
+            d.signal(signal.SIGHUP)
+            deadline = time.time() + 10
+            while "configuration reloaded" not in d.log_text() and time.time() < deadline:
+                time.sleep(0.05)
+            t = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE)
+            assert t.rcpts[0][0] == 550
+            d.config.write_text("this is [not toml")
+            d.signal(signal.SIGHUP)
+            deadline = time.time() + 10
+            while "reload refused" not in d.log_text() and time.time() < deadline:
+                time.sleep(0.05)
+            assert "reload refused" in d.log_text()
+            assert smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE).rcpts[0][0] == 550
+        finally:
+            d.stop()
+
+
+def test_sigkill_during_data_never_answers_250(tmp_path):
+    with Sink() as sink:
+        d = Daemon(tmp_path / "killed", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
+        d.start()
+        s = socket.create_connection(("127.0.0.1", d.outbound_port))
+        f = s.makefile("rwb")
+        f.readline()
+        f.write(b"EHLO c.test\r\n")
+        f.flush()
+        while not f.readline().startswith(b"250 "):
+            pass
+        f.write(b"MAIL FROM:<a@a.test>\r\nRCPT TO:<x@x.test>\r\nDATA\r\n")
+        f.flush()
+        assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        f.write(b"Subject: half\r\n\r\n" + b"z" * 100_000)
+        f.flush()
+        d.kill()
+        try:
+            f.write(b"\r\n.\r\n")
+            f.flush()
+            reply = f.readline()
+        except OSError:
+            reply = b""
+        s.close()
+        assert not reply.startswith(b"250")
+        assert sink.messages == []
+
+
+def test_logs_hold_no_content_or_key_material(world):
+    smtp_transaction(world["a2"].outbound_port, "alice@a.test", ["bob@b.test"], BOB_MESSAGE)
+    world["final"].wait(1)
+    for name in ("a", "a2", "b"):
+        log = world[name].log_text()
+        assert "secret plan" not in log and "the plan" not in log
+        assert "AGE-SECRET-KEY" not in log and "age1" not in log
+    assert "decision=pq" in world["a2"].log_text()
+    assert "message-id=<plan@a.test>" in world["a2"].log_text()

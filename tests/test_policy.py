@@ -1,0 +1,63 @@
+"""Pure decisions and copy planning: no SMTP, no SQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailseal import age, policy
+from mailseal.policy import Action, decide, plan_copies
+
+PQ = [age.generate().recipient() for _ in range(3)]
+CLASSIC = [age.generate(classic=True).recipient() for _ in range(2)]
+
+
+@pytest.mark.parametrize("chosen, keys, action", [
+    ("require", [PQ[0]], Action.SEAL),
+    ("require", [], Action.REFUSE),
+    ("opportunistic", [PQ[0]], Action.SEAL),
+    ("opportunistic", [], Action.PASS),
+    ("plain", [PQ[0]], Action.PASS),
+    ("plain", [], Action.PASS),
+])
+def test_decide(chosen, keys, action):
+    assert decide(chosen, keys).action is action
+
+
+def test_post_quantum_keys_win_over_classic_for_one_recipient():
+    d = decide("opportunistic", [CLASSIC[0], PQ[0]])
+    assert d.keys == (PQ[0],) and d.post_quantum
+
+
+def test_copies_to_cc_share_bcc_alone_kinds_apart():
+    decisions = {
+        "to1@x.test": decide("opportunistic", [PQ[0]]),
+        "cc1@x.test": decide("opportunistic", [PQ[1]]),
+        "old@x.test": decide("opportunistic", [CLASSIC[0]]),
+        "bcc@x.test": decide("opportunistic", [PQ[2]]),
+        "clear1@x.test": decide("opportunistic", []),
+        "clear2@x.test": decide("plain", [PQ[0]]),
+    }
+    copies = plan_copies(decisions, {"to1@x.test", "cc1@x.test", "old@x.test", "clear1@x.test"})
+    by_rcpts = {c.rcpts: c for c in copies}
+    assert set(by_rcpts) == {("clear1@x.test", "clear2@x.test"), ("bcc@x.test",),
+                             ("to1@x.test", "cc1@x.test"), ("old@x.test",)}
+    assert not by_rcpts[("clear1@x.test", "clear2@x.test")].sealed
+    assert by_rcpts[("bcc@x.test",)].keys == (PQ[2],)
+    assert by_rcpts[("to1@x.test", "cc1@x.test")].keys == (PQ[0], PQ[1])
+    assert by_rcpts[("old@x.test",)].kind == "classic"
+    for copy in copies:  # never both kinds in one bundle
+        assert len({k.post_quantum for k in copy.keys}) <= 1
+    # every recipient is in exactly one copy
+    assert sorted(r for c in copies for r in c.rcpts) == sorted(decisions)
+
+
+def test_refused_recipients_cannot_be_planned():
+    with pytest.raises(ValueError):
+        plan_copies({"a@x.test": decide("require", [])}, set())
+
+
+def test_same_key_for_two_recipients_gives_one_stanza():
+    decisions = {"a@x.test": decide("opportunistic", [PQ[0]]), "b@x.test": decide("opportunistic", [PQ[0]])}
+    [copy] = plan_copies(decisions, {"a@x.test", "b@x.test"})
+    assert copy.keys == (PQ[0],)
+    assert policy.Copy(("x",), False).kind == "clear"
