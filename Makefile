@@ -3,6 +3,7 @@
 
 PYTHON ?= python3
 VENV   := .venv
+CONFIG ?= config/mailseal.toml
 PY     := $(VENV)/bin/python
 # Debian packages the tests use: age (interop reference), postfix (a real MTA
 # and smtp-source/smtp-sink), swaks (a real SMTP client).
@@ -10,7 +11,7 @@ DEBIAN_TEST_PACKAGES := age postfix swaks
 # and for `make bench`: GNU time (peak memory of each measured process).
 DEBIAN_BENCH_PACKAGES := $(DEBIAN_TEST_PACKAGES) time
 
-.PHONY: run test bench venv test-venv debian-packages clean
+.PHONY: run demo test bench venv test-venv debian-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +42,13 @@ debian-packages:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The gateway on loopback with config/mailseal.toml: keystore and Maildirs in ./run/.
 run: venv
-	$(VENV)/bin/mailseal -c config/mailseal.toml serve
+	$(VENV)/bin/mailseal -c $(CONFIG) serve
+
+# One message through the outbound and the inbound listener, sealed then opened.
+demo: venv
+	$(PY) -m mailseal.demo $(CONFIG)
 
 test: DEBIAN_PACKAGES = $(DEBIAN_TEST_PACKAGES)
 test: test-venv debian-packages

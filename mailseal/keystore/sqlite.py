@@ -148,9 +148,18 @@ class SQLiteKeyStore:
     def _create_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create keystore {self.path}: {exc.strerror}") from None
+        try:
+            if os.geteuid() == 0:
+                # The admin CLI runs as root, the daemon as its own user (the
+                # owner of the state directory): the keystore belongs to it.
+                # SQLite gives its -wal and -shm files the same owner.
+                parent = os.stat(self.path.parent)
+                os.fchown(fd, parent.st_uid, parent.st_gid)
+        finally:
+            os.close(fd)
 
     def _setup(self, creating: bool) -> None:
         db = self._db

@@ -1,0 +1,92 @@
+"""What ships besides the code: example configs, the systemd unit, the
+Postfix snippets, and the README's two commands."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from mailseal import config as config_mod
+
+from .conftest import ROOT, run_cli
+from .harness import free_port, wait_for_port
+
+
+@pytest.mark.parametrize("name", ["mailseal.toml", "mailseal.production.toml"])
+def test_example_configs_are_valid(name):
+    cfg = config_mod.load(ROOT / "config" / name)
+    assert cfg.outbound is not None and cfg.inbound is not None
+    assert all(str(n) in ("127.0.0.0/8", "::1/128") for n in cfg.server.allowed_clients)
+
+
+def test_systemd_unit_has_the_hardening_the_design_asks_for():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    text = (ROOT / "systemd" / "mailseal.service").read_text()
+    unit.read_string(text)
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["User"] == "mailseal"
+    for key in ("StateDirectory", "ConfigurationDirectory", "LoadCredential", "ProtectSystem",
+                "NoNewPrivileges", "SystemCallFilter", "RestrictAddressFamilies", "ExecReload"):
+        assert key in service, key
+    assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+    assert service["LoadCredential"].startswith("mailseal-master-key:")
+    assert set(service["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
+    from mailseal.keystore.masterkey import CREDENTIAL_NAME
+
+    assert CREDENTIAL_NAME == "mailseal-master-key"
+
+
+def test_postfix_snippets_match_the_production_ports():
+    cfg = config_mod.load(ROOT / "config" / "mailseal.production.toml")
+    master = (ROOT / "config" / "postfix" / "master.cf").read_text()
+    main = (ROOT / "config" / "postfix" / "main.cf").read_text()
+    assert f"content_filter = mailseal:[127.0.0.1]:{cfg.outbound.listen.port}" in main
+    assert f"127.0.0.1:{cfg.outbound.next_hop.endpoint.port} inet" in master
+    assert f"content_filter=mailseal:[127.0.0.1]:{cfg.inbound.listen.port}" in master
+    assert f"127.0.0.1:{cfg.inbound.next_hop.endpoint.port} inet" in master
+    assert "smtp_send_xforward_command=yes" in master
+
+
+def test_readme_starts_with_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    assert "make run" in first_block and "make test" in first_block
+
+
+def test_make_run_starts_the_gateway_and_seals_into_the_maildir(tmp_path):
+    """`make run` with a copy of config/mailseal.toml on free ports."""
+    text = (ROOT / "config" / "mailseal.toml").read_text()
+    out_port, in_port = free_port(), free_port()
+    text = text.replace("127.0.0.1:10025", f"127.0.0.1:{out_port}").replace("127.0.0.1:10027", f"127.0.0.1:{in_port}")
+    text = text.replace("../run/", f"{tmp_path}/run/").replace('"../run"', f'"{tmp_path}/run"')
+    cfg = tmp_path / "mailseal.toml"
+    cfg.write_text(text)
+    assert run_cli("-c", str(cfg), "keys", "generate", "bob@demo.test").returncode == 0
+    card = run_cli("-c", str(cfg), "keys", "export", "bob@demo.test").stdout
+    assert run_cli("-c", str(cfg), "keys", "import", "bob@demo.test", "-", input=card).returncode == 0
+    proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), "run", f"CONFIG={cfg}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(out_port, timeout=120, proc=proc)
+        message = b"From: alice@demo.test\r\nTo: bob@demo.test\r\nSubject: hello\r\n\r\nsecret\r\n"
+        with smtplib.SMTP("127.0.0.1", out_port) as smtp:
+            smtp.sendmail("alice@demo.test", ["bob@demo.test"], message)
+        outbox = tmp_path / "run" / "outbox" / "new"
+        deadline = time.time() + 10
+        while not (outbox.is_dir() and any(outbox.iterdir())) and time.time() < deadline:
+            time.sleep(0.05)
+        [stored] = list(outbox.iterdir())
+        sealed = stored.read_bytes()
+        assert b"multipart/encrypted" in sealed and b"secret" not in sealed
+        assert re.search(rb"Mailseal-Serial: [0-9a-f]{32}", sealed)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
