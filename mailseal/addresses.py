@@ -11,6 +11,7 @@ domain in lowercase ASCII (IDNA), so `jörg@exämple.org` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -47,7 +48,11 @@ def _validate(text: str):
 
 def parse_address(text: str) -> Address:
     """Normalise one mail address (no display name, no angle brackets)."""
-    text = text.strip()
+    return _parse_address(text.strip())
+
+
+@lru_cache(maxsize=1 << 16)  # the same addresses come again and again in a mail flow
+def _parse_address(text: str) -> Address:
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     result = _validate(text)

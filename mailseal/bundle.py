@@ -166,27 +166,26 @@ def seal(
 def is_sealed(message: bytes) -> bool:
     """True when the message's top-level type is a mailseal bundle."""
     head, _ = mime.split_head(message)
-    headers = mime.parse_headers(head)
-    return (
-        headers.get_content_type() == "multipart/encrypted"
-        and str(headers.get_param("protocol", "")).lower() == KEYBLOB_TYPE
-    )
+    if b"multipart/encrypted" not in head.lower():
+        return False  # most mail, decided without parsing a header
+    headers = mime.Headers(head)
+    return headers.content_type() == "multipart/encrypted" and headers.param("protocol").lower() == KEYBLOB_TYPE
 
 
 @dataclass(frozen=True)
 class _Part:
-    headers: object
+    headers: mime.Headers
     body: memoryview
 
 
 def _parts(message: bytes) -> tuple[_Part, _Part]:
     head, body_at = mime.split_head(message)
-    headers = mime.parse_headers(head)
-    if headers.get_content_type() != "multipart/encrypted":
+    headers = mime.Headers(head)
+    if headers.content_type() != "multipart/encrypted":
         raise NotSealed("not a sealed message (no multipart/encrypted)")
-    if str(headers.get_param("protocol", "")).lower() != KEYBLOB_TYPE:
+    if headers.param("protocol").lower() != KEYBLOB_TYPE:
         raise NotSealed("multipart/encrypted, but not a mailseal bundle (other protocol)")
-    boundary = headers.get_boundary()
+    boundary = headers.boundary()
     if not boundary:
         raise MalformedBundle("multipart/encrypted without a boundary")
     body = memoryview(message)[body_at:]
@@ -202,10 +201,10 @@ def _parts(message: bytes) -> tuple[_Part, _Part]:
         part_head, part_body_at = mime.split_head(raw)
         if part_body_at >= len(raw) and end - start > len(raw):
             raise MalformedBundle("part header block is too large")
-        parts.append(_Part(mime.parse_headers(part_head), body[start + part_body_at : end]))
+        parts.append(_Part(mime.Headers(part_head), body[start + part_body_at : end]))
     keyblob, payload = parts
     for part, ctype in ((keyblob, KEYBLOB_TYPE), (payload, PAYLOAD_TYPE)):
-        if part.headers.get_content_type() != ctype:
+        if part.headers.content_type() != ctype:
             raise MalformedBundle(f"expected a {ctype} part")
         if str(part.headers.get("Content-Transfer-Encoding", "")).strip().lower() != "base64":
             raise MalformedBundle(f"the {ctype} part is not base64")

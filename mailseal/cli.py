@@ -172,8 +172,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # --- serve and quarantine ---------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .config import ConfigError
     from .gateway import server
     from .keystore import KeystoreError
@@ -182,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = cli_keys.config_path(args)
     server.setup_logging()
     try:
-        return asyncio.run(server.run(path))
+        return server.serve(path)
     except (ConfigError, KeystoreError, CacheUnavailable) as exc:
         raise UserError(str(exc)) from None
 

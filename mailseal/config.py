@@ -69,6 +69,7 @@ class ServerConfig:
     allowed_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     max_message_size: int
     state_dir: Path
+    workers: int = 1  # processes sharing the listening ports (SO_REUSEPORT)
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,10 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         allowed_clients=networks,
         max_message_size=parse_size(sv.get("max_message_size", "50MB", (str, int)), sv.where("max_message_size")),
         state_dir=sv.path("state_dir", str(keystore.path.parent)),
+        workers=sv.get("workers", 1, int),
     )
+    if isinstance(server.workers, bool) or not 1 <= server.workers <= 64:
+        raise ConfigError(f"[server] workers: expected a number from 1 to 64, got {server.workers!r}")
     sv.check_unknown()
 
     outbound = inbound = None

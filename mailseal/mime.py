@@ -82,12 +82,50 @@ def fields(head: bytes) -> list[Field]:
             for lines in out]
 
 
-def parse_headers(head: bytes) -> Message:
-    """The header block as an email.message.Message, for parameter parsing."""
-    from email import policy as email_policy
-    from email.parser import BytesHeaderParser
+class Headers:
+    """The few header fields a gateway reads, without the email package's parser.
 
-    return BytesHeaderParser(policy=email_policy.compat32).parsebytes(head + b"\n\n")
+    `get` returns the first field of that name, unfolded; Content-Type
+    parameters are parsed by email.message.Message (quoting, RFC 2231), but
+    only for that one value. A malformed block gives empty headers.
+    """
+
+    def __init__(self, head: bytes) -> None:
+        self._fields: dict[str, str] = {}
+        try:
+            found = fields(head)
+        except MimeError:
+            found = []
+        for field in found:
+            name = field.name.lower()
+            if name not in self._fields:
+                value = field.value.decode("utf-8", "surrogateescape")
+                self._fields[name] = " ".join(value.split())
+        self._ctype: Message | None = None
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._fields.get(name.lower(), default)
+
+    def _content_type(self) -> Message:
+        if self._ctype is None:
+            from email.message import Message
+
+            self._ctype = Message()
+            value = self._fields.get("content-type")
+            if value is not None:
+                self._ctype["Content-Type"] = value
+        return self._ctype
+
+    def content_type(self) -> str:
+        """Lowercase type/subtype; text/plain when absent or malformed (RFC 2045)."""
+        return self._content_type().get_content_type()
+
+    def param(self, name: str, default: str = "") -> str:
+        value = self._content_type().get_param(name, default)
+        return str(value[2] if isinstance(value, tuple) else value)
+
+    def boundary(self) -> str | None:
+        return self._content_type().get_boundary()
 
 
 def _well_formed(folded: bytes, eol: bytes) -> bool:
@@ -153,7 +191,7 @@ def base64_stream(pieces: Iterable[bytes | memoryview], eol: bytes) -> Iterator[
             for start in range(0, len(view), _ENCODE_BLOCK):
                 yield view[start : start + _ENCODE_BLOCK]
 
-    return parallel.imap(lambda block: _encode_block(block, eol), blocks())
+    return parallel.imap(lambda block: _encode_block(block, eol), blocks(), inline=_ENCODE_BLOCK)
 
 
 def decode_base64(text: bytes | memoryview) -> Iterator[bytes]:

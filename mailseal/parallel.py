@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from itertools import chain
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -34,18 +35,29 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def imap(fn: Callable[[T], R], items: Iterable[T], window: int = 2 * _WORKERS) -> Iterator[R]:
+def imap(fn: Callable[[T], R], items: Iterable[T], window: int = 2 * _WORKERS,
+         inline: int = 0) -> Iterator[R]:
     """fn over items, in order, at most `window` results ahead of the consumer.
 
-    With one core it is a plain loop: no threads, no overhead.
+    With one core it is a plain loop: no threads, no overhead. So is the
+    first item when it is shorter than `inline` bytes: a small message is
+    done before a thread could even be woken.
     """
+    iterator = iter(items)
     if _WORKERS == 1:
-        yield from map(fn, items)
+        yield from map(fn, iterator)
+        return
+    first = next(iterator, None)
+    if first is None:
+        return
+    if inline and len(first) < inline:
+        yield fn(first)
+        yield from map(fn, iterator)  # what follows a short item is short too
         return
     pending: deque[Future[R]] = deque()
     pool = _executor()
     try:
-        for item in items:
+        for item in chain([first], iterator):
             pending.append(pool.submit(fn, item))
             if len(pending) >= window:
                 yield pending.popleft().result()

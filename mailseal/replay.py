@@ -10,6 +10,7 @@ is removed again so the MTA's retry is not taken for a replay.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -63,6 +64,8 @@ class ReplayCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._inserts = 0
+        self._pending: list = []
+        self._flushing = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -98,6 +101,61 @@ class ReplayCache:
             self._inserts += 1
             if self._inserts % 1000 == 0:
                 self._db.execute("DELETE FROM seen WHERE expires < ?", (int(now),))
+
+    async def aclaim(self, recipient: str, serial: str, date: int) -> None:
+        """claim() for the event loop, with group commit.
+
+        Claims that arrive while a commit is under way are written together
+        in the next transaction: one fsync for many messages, the same
+        durability (nothing is answered before its claim is on disk) and the
+        same atomicity (one INSERT each, in order).
+        """
+        self.window.check(date, self._clock())
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((recipient, serial, date + self.window.max_age + 1, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await asyncio.to_thread(self._write_batch, [b[:3] for b in batch])
+                except CacheUnavailable as exc:
+                    outcomes = [exc] * len(batch)
+                for (_, _, _, future), outcome in zip(batch, outcomes):
+                    if future.done():
+                        continue
+                    if outcome is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(outcome)
+        finally:
+            self._flushing = False
+
+    def _write_batch(self, rows: list[tuple[str, str, int]]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for recipient, serial, expires in rows:
+                    try:
+                        self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (recipient, serial, expires))
+                        outcomes.append(None)
+                    except sqlite3.IntegrityError:
+                        outcomes.append(Replayed(f"serial {serial} was already delivered to {recipient}"))
+                self._inserts += len(rows)
+                if self._inserts >= 1000:
+                    self._inserts = 0
+                    self._db.execute("DELETE FROM seen WHERE expires < ?", (int(self._clock()),))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return outcomes
 
     def release(self, recipient: str, serial: str) -> None:
         """Forget a claim whose delivery failed, so the MTA's retry is accepted."""

@@ -50,12 +50,12 @@ def test_outer_headers_keep_routing_and_encode_8bit(pq_identity):
     from .corpus import LATIN1_8BIT, UTF8_HEADERS
 
     sealed = seal_for(pq_identity, UTF8_HEADERS)
-    head = mime.parse_headers(mime.split_head(sealed)[0])
+    head = mime.Headers(mime.split_head(sealed)[0])
     from email.header import decode_header, make_header
 
-    assert str(make_header(decode_header(head["From"]))) == "Jörg Müller <joerg@example.de>"
-    assert head["Date"] == "Sun, 29 Nov 2026 10:00:00 +0100"
-    assert "Grüße" not in str(make_header(decode_header(head["Subject"])))
+    assert str(make_header(decode_header(head.get("From")))) == "Jörg Müller <joerg@example.de>"
+    assert head.get("Date") == "Sun, 29 Nov 2026 10:00:00 +0100"
+    assert "Grüße" not in str(make_header(decode_header(head.get("Subject"))))
     assert bundle.open_sealed(seal_for(pq_identity, LATIN1_8BIT), [pq_identity]).message == LATIN1_8BIT
 
 

@@ -187,6 +187,7 @@ def test_check_config_reports_permissions_and_mistakes(tmp_path, cfg):
                            ("[outbound]\nlisten = \"localhost\"\n", "host:port"),
                            ("[outbund]\n", "unknown section"),
                            ("[keystore]\npaht = \"x\"\n", "unknown setting"),
+                           ("[server]\nworkers = 0\n", "[server] workers"),
                            ("not toml", "not valid TOML")]:
         bad.write_text(text)
         fails(run_cli("-c", str(bad), "check-config"), fragment)

@@ -431,3 +431,36 @@ def test_logs_hold_no_content_or_key_material(world):
         assert "AGE-SECRET-KEY" not in log and "age1" not in log
     assert "decision=pq" in world["a2"].log_text()
     assert "message-id=<plan@a.test>" in world["a2"].log_text()
+
+
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path):
+    import os
+
+    with Sink() as sink:
+        d = Daemon(tmp_path / "workers", outbound={"next_hop": f"127.0.0.1:{sink.port}"},
+                   server={"workers": 2})
+        d.start()
+        try:
+            deadline = time.time() + 10
+            workers = []
+            while len(workers) < 2 and time.time() < deadline:
+                children = f"/proc/{d.proc.pid}/task/{d.proc.pid}/children"
+                workers = [int(p) for p in open(children).read().split()]
+                time.sleep(0.1)
+            assert len(workers) == 2
+            for i in range(20):
+                assert smtp_transaction(d.outbound_port, "a@a.test", [f"u{i}@x.test"], BOB_MESSAGE).data[0] == 250
+            os.kill(workers[0], signal.SIGKILL)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                now = [int(p) for p in open(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read().split()]
+                if len(now) == 2 and workers[0] not in now:
+                    break
+                time.sleep(0.1)
+            assert len(now) == 2 and workers[0] not in now
+            for i in range(10):
+                assert smtp_transaction(d.outbound_port, "a@a.test", [f"v{i}@x.test"], BOB_MESSAGE).data[0] == 250
+            assert len(sink.wait(30)) == 30
+        finally:
+            assert d.stop() == 0
+        assert "starting a new one" in d.log_text()

@@ -69,8 +69,11 @@ def encode_header(stanzas: list[Stanza], file_key: bytes) -> bytes:
     return mac_input + b" " + b64.encode(compute_mac(file_key, mac_input)) + b"\n"
 
 
+_VISIBLE = bytes(range(33, 127))
+
+
 def _is_argument(arg: bytes) -> bool:
-    return bool(arg) and all(33 <= c <= 126 for c in arg)
+    return bool(arg) and not arg.translate(None, _VISIBLE)
 
 
 def parse_header(data: bytes) -> Header:

@@ -44,6 +44,7 @@ class HybridRecipient:
         if len(public) != PUBLIC_SIZE:
             raise ValueError(f"mlkem768x25519 recipient must be {PUBLIC_SIZE} bytes")
         self.public = public
+        self._text: str | None = None
         # from_public_bytes validates the ML-KEM encapsulation key.
         self._key = hpke.MLKEM768X25519PublicKey(
             MLKEM768PublicKey.from_public_bytes(public[:MLKEM_PUBLIC_SIZE]),
@@ -51,7 +52,9 @@ class HybridRecipient:
         )
 
     def __str__(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public)
+        if self._text is None:
+            self._text = bech32.encode(RECIPIENT_HRP, self.public)
+        return self._text
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HybridRecipient) and other.public == self.public
@@ -78,6 +81,7 @@ class HybridIdentity:
         self._x25519 = X25519PrivateKey.from_private_bytes(expanded[64:])
         self._key = hpke.MLKEM768X25519PrivateKey(mlkem, self._x25519)
         self._public = _raw(mlkem.public_key()) + _raw(self._x25519.public_key())
+        self._recipient: HybridRecipient | None = None
 
     @classmethod
     def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> HybridIdentity:
@@ -90,7 +94,9 @@ class HybridIdentity:
         return f"HybridIdentity(fingerprint of {len(self._public)}-byte recipient)"  # never the secret
 
     def recipient(self) -> HybridRecipient:
-        return HybridRecipient(self._public)
+        if self._recipient is None:  # parsed and encoded once, not per message
+            self._recipient = HybridRecipient(self._public)
+        return self._recipient
 
     def unwrap(self, stanza: Stanza) -> bytes | None:
         """Return the file key, None if the stanza is not ours, or raise HeaderError."""

@@ -40,9 +40,12 @@ class X25519Recipient:
         if len(public) != 32:
             raise ValueError("X25519 recipient must be 32 bytes")
         self.public = public
+        self._text: str | None = None
 
     def __str__(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public)
+        if self._text is None:
+            self._text = bech32.encode(RECIPIENT_HRP, self.public)
+        return self._text
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, X25519Recipient) and other.public == self.public
@@ -68,6 +71,7 @@ class X25519Identity:
         self.secret = secret
         self._private = X25519PrivateKey.from_private_bytes(secret)
         self._public = _raw(self._private.public_key())
+        self._recipient: X25519Recipient | None = None
 
     @classmethod
     def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> X25519Identity:
@@ -80,7 +84,9 @@ class X25519Identity:
         return f"X25519Identity(recipient={self.recipient()})"  # never the secret
 
     def recipient(self) -> X25519Recipient:
-        return X25519Recipient(self._public)
+        if self._recipient is None:  # parsed and encoded once, not per message
+            self._recipient = X25519Recipient(self._public)
+        return self._recipient
 
     def unwrap(self, stanza: Stanza) -> bytes | None:
         """Return the file key, None if the stanza is not ours, or raise HeaderError."""

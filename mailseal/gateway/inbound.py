@@ -98,7 +98,7 @@ class InboundHandler(BaseHandler):
             log.error("%s inbound: keystore: %s", qid, exc)
             return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
 
-        claimed, refused = self._claim(rcpts, opened)
+        claimed, refused = await self._claim(rcpts, opened)
         if refused and not self.lmtp(server):
             # One SMTP reply for all: a replay for one recipient refuses the lot.
             for rcpt in claimed:
@@ -145,11 +145,15 @@ class InboundHandler(BaseHandler):
         except age.AuthenticationError:
             raise Refusal(replies.TAMPERED, "tampered") from None
 
-    def _claim(self, rcpts: list[str], opened: bundle.Opened) -> tuple[list[str], dict[str, Refusal]]:
+    async def _claim(self, rcpts: list[str], opened: bundle.Opened) -> tuple[list[str], dict[str, Refusal]]:
         claimed, refused = [], {}
-        for rcpt in rcpts:
+        cache = self.ctx.replay_cache
+        results = await asyncio.gather(*(cache.aclaim(self._owner(r), opened.serial, opened.date) for r in rcpts),
+                                       return_exceptions=True)
+        for rcpt, result in zip(rcpts, results):
             try:
-                self.ctx.replay_cache.claim(self._owner(rcpt), opened.serial, opened.date)
+                if isinstance(result, BaseException):
+                    raise result
                 claimed.append(rcpt)
             except replay.Replayed:
                 refused[rcpt] = Refusal(replies.REPLAYED, "replayed")

@@ -26,12 +26,15 @@ INLINE_SEAL_LIMIT = 256 * 1024  # smaller messages are sealed on the loop: a thr
 def already_encrypted(message: bytes) -> bool:
     """Sealed by mailseal, PGP/MIME, or S/MIME enveloped: passes unchanged."""
     head, _ = mime.split_head(message)
-    headers = mime.parse_headers(head)
-    ctype = headers.get_content_type()
+    lowered = head.lower()
+    if b"encrypted" not in lowered and b"pkcs7-mime" not in lowered:
+        return False  # the common case, without parsing the header
+    headers = mime.Headers(head)
+    ctype = headers.content_type()
     if ctype == "multipart/encrypted":
         return True
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
-        smime = str(headers.get_param("smime-type", "enveloped-data")).lower()
+        smime = headers.param("smime-type", "enveloped-data").lower()
         return smime in ("enveloped-data", "authenveloped-data")
     return False
 
@@ -103,11 +106,14 @@ class OutboundHandler(BaseHandler):
         todo = {r: d for r, d in current.items() if r not in outcome}
         summary = "changed" if changed else "-"
         if todo:
-            if already_encrypted(message):
+            sealing = [r for r, d in todo.items() if d.action is policy.Action.SEAL]
+            if sealing and already_encrypted(message):
                 copies = [policy.Copy(tuple(todo), sealed=False)]
                 summary = "already-encrypted"
             else:
-                copies = policy.plan_copies(todo, header_recipients(message))
+                # Who the headers name only matters when several are sealed.
+                named = header_recipients(message) if len(sealing) > 1 else set()
+                copies = policy.plan_copies(todo, named)
                 summary = "+".join(sorted({c.kind for c in copies}))
             results = await asyncio.gather(*(self._send(c, envelope, session, message) for c in copies))
             for result in results:

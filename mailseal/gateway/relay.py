@@ -61,26 +61,29 @@ class _Connection:
     async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
         lines = []
         try:
-            while True:
-                line = await asyncio.wait_for(self.reader.readline(), timeout)
-                if not line.endswith(b"\n"):
-                    raise _Broken(replies.NEXT_HOP_UNREACHABLE)  # closed mid-reply
-                text = line.decode("utf-8", "replace").rstrip("\r\n")
-                if len(text) < 3 or not text[:3].isdigit():
-                    raise _Broken(replies.NEXT_HOP_PROTOCOL)
-                lines.append(text[4:])
-                if text[3:4] != "-":
-                    return Reply(int(text[:3]), "\n".join(lines))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                while True:
+                    line = await self.reader.readline()
+                    if not line.endswith(b"\n"):
+                        raise _Broken(replies.NEXT_HOP_UNREACHABLE)  # closed mid-reply
+                    text = line.decode("utf-8", "replace").rstrip("\r\n")
+                    if len(text) < 3 or not text[:3].isdigit():
+                        raise _Broken(replies.NEXT_HOP_PROTOCOL)
+                    lines.append(text[4:])
+                    if text[3:4] != "-":
+                        return Reply(int(text[:3]), "\n".join(lines))
+        except TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, *pieces: bytes) -> None:
         try:
-            self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), COMMAND_TIMEOUT)
-        except asyncio.TimeoutError:
+            self.writer.writelines(pieces)
+            if self.writer.transport.get_write_buffer_size() > 1 << 16:
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await self.writer.drain()
+        except TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
         except (ConnectionError, OSError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
@@ -203,16 +206,11 @@ class SMTPNextHop:
             if "SMTPUTF8" not in ext:
                 return dict.fromkeys(env.rcpts, Reply(550, "5.6.7 Next hop does not support SMTPUTF8"))
             params.append("SMTPUTF8")
-        mail = f"MAIL FROM:<{env.mail_from}>" + "".join(" " + p for p in params)
+        sender = "" if env.mail_from in ("", "<>") else env.mail_from
+        mail = f"MAIL FROM:<{sender}>" + "".join(" " + p for p in params)
         rcpt_lines = [f"RCPT TO:<{r}>" for r in env.rcpts]
         if "PIPELINING" in ext:
-            # RFC 2920: MAIL and every RCPT in one write, then read the replies.
-            await conn.send("".join(line + "\r\n" for line in [mail, *rcpt_lines]).encode(
-                "utf-8", "surrogateescape"))
-            mail_reply = await conn.reply()
-            rcpt_replies = [await conn.reply() for _ in rcpt_lines]
-            if not mail_reply.ok:
-                return dict.fromkeys(env.rcpts, mail_reply)
+            return await self._pipelined(conn, env, mail, rcpt_lines, chunking="CHUNKING" in ext)
         else:
             mail_reply = await conn.command(mail)
             if not mail_reply.ok:
@@ -236,6 +234,45 @@ class SMTPNextHop:
             exc.in_data = True
             raise
         return {r: (final if r in accepted else reply) for r, reply in result.items()}
+
+    async def _pipelined(self, conn: _Connection, env: Envelope, mail: str, rcpt_lines: list[str],
+                         chunking: bool) -> dict[str, Reply]:
+        """RFC 2920 (and RFC 3030): the whole envelope in one write.
+
+        With CHUNKING the message goes in the same write (BDAT n LAST, no
+        dot-stuffing): one round trip a message. Otherwise DATA ends the
+        group and the message follows the 354.
+        """
+        envelope = "".join(line + "\r\n" for line in [mail, *rcpt_lines]).encode("utf-8", "surrogateescape")
+        mail_reply = None
+        try:
+            if chunking:
+                await conn.send(envelope, f"BDAT {len(env.data)} LAST\r\n".encode(), env.data)
+            else:
+                await conn.send(envelope, b"DATA\r\n")
+            mail_reply = await conn.reply()
+            rcpt_replies = [await conn.reply() for _ in rcpt_lines]
+            result = dict(zip(env.rcpts, rcpt_replies))
+            accepted = [r for r, reply in result.items() if reply.ok]
+            last = await conn.reply(FINAL_REPLY_TIMEOUT if chunking else COMMAND_TIMEOUT)
+            if not chunking:
+                if last.code == 354:
+                    if not mail_reply.ok or not accepted:
+                        # The server wants data nobody will receive: end it empty.
+                        await conn.send(b".\r\n")
+                        await conn.reply()
+                    else:
+                        await conn.send(dot_stuff(env.data), b".\r\n")
+                        last = await conn.reply(FINAL_REPLY_TIMEOUT)
+                elif accepted and mail_reply.ok:
+                    last = last if not last.ok else replies.NEXT_HOP_PROTOCOL
+        except _Broken as exc:
+            # Not a word back yet: a stale pooled connection, safe to retry.
+            exc.in_data = mail_reply is not None
+            raise
+        if not mail_reply.ok:
+            return dict.fromkeys(env.rcpts, mail_reply)
+        return {r: (last if r in accepted else reply) for r, reply in result.items()}
 
     async def close(self) -> None:
         for conn, _ in self._idle:

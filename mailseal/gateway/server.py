@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,7 @@ class Gateway:
             out.append(("inbound", cfg.inbound))
         return out
 
-    async def start(self) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         cfg = self.ctx.config
         for name, section in self._listen:
             handler = (OutboundHandler if name == "outbound" else InboundHandler)(self.ctx)
@@ -106,7 +107,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             try:
                 server = await loop.create_server(factory, section.listen.host, section.listen.port,
-                                                  reuse_address=True)
+                                                  reuse_address=True, reuse_port=reuse_port or None)
             except OSError as exc:
                 raise config_mod.ConfigError(f"[{name}] listen = {section.listen}: {exc.strerror}") from None
             self.servers.append(server)
@@ -154,24 +155,112 @@ class Gateway:
         await self._stopped.wait()
 
 
-async def run(path: Path) -> int:
+def _load(path: Path) -> config_mod.Config:
     cfg = config_mod.load(path)
     if cfg.outbound is None and cfg.inbound is None:
         raise config_mod.ConfigError("no [outbound] or [inbound] section: nothing to serve")
+    return cfg
+
+
+async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = None) -> int:
+    """One event loop serving the listeners; a worker shares the ports with its siblings."""
+    cfg = _load(path)
     gateway = Gateway(cfg)
-    await gateway.start()
+    await gateway.start(reuse_port=worker is not None)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(gateway.stop()))
     loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(gateway.stop()))
     loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload(path))
-    sd_notify("READY=1")
-    log.info("mailseal ready")
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    else:
+        sd_notify("READY=1")
+    log.info("mailseal ready%s", f" (worker {worker})" if worker is not None else "")
     await gateway.wait()
     gateway.ctx.keystore.close()
     if gateway.ctx.replay_cache is not None:
         gateway.ctx.replay_cache.close()
     log.info("mailseal stopped")
     return 0
+
+
+def serve(path: Path) -> int:
+    """`mailseal serve`: one process, or a supervisor of `workers` processes."""
+    cfg = _load(path)
+    if cfg.server.workers <= 1:
+        return asyncio.run(run(path))
+    return _supervise(path, cfg)
+
+
+def _supervise(path: Path, cfg: config_mod.Config) -> int:
+    """Fork the workers, pass signals on, replace a worker that dies.
+
+    The keystore is checked here first (creating it if needed), so a broken
+    one stops the start before any fork; each worker then opens its own
+    connections, as SQLite requires.
+    """
+    Context.build(cfg).keystore.close()
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = asyncio.run(run(path, worker=index, ready_fd=write_fd))
+            except BaseException as exc:  # noqa: BLE001 - report, never a traceback
+                log.error("worker %d failed: %s", index, exc)
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.read(read_fd, 1)  # the worker listens (or has died)
+        os.close(read_fd)
+        children[pid] = index
+
+    def forward(sig: int, _frame=None) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+            sd_notify("STOPPING=1")
+        for pid in list(children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for index in range(cfg.server.workers):
+        spawn(index)
+    sd_notify("READY=1")
+    log.info("mailseal ready with %d workers", cfg.server.workers)
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        exit_code = os.waitstatus_to_exitcode(code)
+        if not stopping:
+            log.error("worker %d exited with %d; starting a new one", index, exit_code)
+            time.sleep(0.5)
+            spawn(index)
+        elif exit_code:
+            status = 1
+    log.info("mailseal stopped")
+    return status
 
 
 def setup_logging() -> None:

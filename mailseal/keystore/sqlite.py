@@ -127,6 +127,11 @@ class SQLiteKeyStore:
         self._master: masterkey.MasterKey | None = None
         self._identity_cache: dict[tuple[int, str], age.Identity] = {}
         self._recipient_cache: dict[str, age.Recipient] = {}
+        # Lookup results, valid while no connection committed anything
+        # (PRAGMA data_version) and for at most a second (keys expire).
+        self._lookups: dict[tuple, object] = {}
+        self._lookups_version = -1
+        self._lookups_time = 0.0
         creating = not self.path.exists()
         if creating and not create:
             raise StoreUnavailable(f"keystore {self.path} does not exist")
@@ -227,6 +232,7 @@ class SQLiteKeyStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._lookups.clear()  # data_version only counts other connections' commits
 
     def _audit(self, action: str, subject: str, detail: dict) -> None:
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -241,6 +247,19 @@ class SQLiteKeyStore:
     def _owners(self, address: Address) -> list[str]:
         return lookup_order(address, self._parent_domains)
 
+    def _cached(self, key: tuple, compute):
+        with _sqlite_errors(self.path):
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        now = self._clock()
+        if version != self._lookups_version or now - self._lookups_time > 1.0 or len(self._lookups) > 100_000:
+            self._lookups.clear()
+            self._lookups_version, self._lookups_time = version, now
+        try:
+            return self._lookups[key]
+        except KeyError:
+            value = self._lookups[key] = compute()
+            return value
+
     def _select_first_owner(self, sql: str, owners: list[str], *args) -> list[tuple]:
         marks = ",".join("?" * len(owners))
         with _sqlite_errors(self.path):
@@ -254,6 +273,9 @@ class SQLiteKeyStore:
 
         Revoked and expired keys are never returned.
         """
+        return list(self._cached(("recipients", address), lambda: self._recipients_for(address)))
+
+    def _recipients_for(self, address: Address) -> tuple[age.Recipient, ...]:
         rows = self._select_first_owner(
             "SELECT owner, recipient FROM keys WHERE scope = 'remote' AND owner IN ({owners}) "
             "AND revoked IS NULL AND (expires IS NULL OR expires > ?) ORDER BY id",
@@ -265,7 +287,7 @@ class SQLiteKeyStore:
             if recipient is None:
                 recipient = self._recipient_cache[text] = age.parse_recipient(text)
             out.append(recipient)
-        return out
+        return tuple(out)
 
     def identities_for(self, address: Address) -> list[age.Identity]:
         """Every private key that may open mail for the address, most specific first.
@@ -305,6 +327,9 @@ class SQLiteKeyStore:
 
     def policy_for(self, address: Address) -> tuple[str, str] | None:
         """(owner, policy) of the most specific policy set for the address, if any."""
+        return self._cached(("policy", address), lambda: self._policy_for(address))
+
+    def _policy_for(self, address: Address) -> tuple[str, str] | None:
         rows = self._select_first_owner("SELECT owner, policy FROM policies WHERE owner IN ({owners})",
                                         self._owners(address))
         return (rows[0][0], rows[0][1]) if rows else None

@@ -1,0 +1,301 @@
+"""Benchmark: the gateway under Postfix's smtp-source, into Postfix's smtp-sink.
+
+Not a test. For 1 KB, 100 KB and 10 MB messages, 10 concurrent sessions,
+the same messages through, in the same run:
+
+  ceiling     smtp-source -> smtp-sink
+  baseline    smtp-source -> bench/passthrough.py (aiosmtpd + smtplib) -> smtp-sink
+  plain       smtp-source -> mailseal outbound, policy plain -> smtp-sink
+  seal-1      ... sealing to one post-quantum recipient
+  seal-5      ... sealing to five post-quantum recipients (one copy, five stanzas)
+  open        smtp-source -> mailseal inbound, opening (each message to a new
+              recipient, -N, so the replay cache sees no repeats) -> smtp-sink
+
+Prints messages/s, MB/s, CPU ms per message and peak RSS of the proxy
+process, ratios against the baseline; writes bench/results/gateway.json and
+bench/results/gateway.png. Medians over --repeat runs.
+
+    .venv/bin/python bench/gateway.py [--quick] [--repeat N] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mailseal import age, bundle  # noqa: E402
+
+SIZES = {"1KB": 1_000, "100KB": 100_000, "10MB": 10_000_000}
+COUNTS = {"1KB": 4000, "100KB": 1000, "10MB": 40}
+SESSIONS = 10
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port}")
+
+
+def message(size: int, to: list[str]) -> bytes:
+    head = (f"From: alice@a.test\r\nTo: {', '.join(to)}\r\nSubject: bench\r\n"
+            f"Message-ID: <bench@a.test>\r\n\r\n").encode()
+    line = b"The quick brown fox jumps over the lazy dog; 0123456789 abcdefghijklmnopqrstuvwxyz.\r\n"
+    body = (line * (size // len(line) + 1))[: max(0, size - len(head) - 2)] + b"\r\n"
+    return head + body
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def family(pid: int) -> list[int]:
+    """The process and its children (workers)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = Path(f"/proc/{pid}/task/{task.name}/children")
+        if children.exists():
+            out += [int(c) for c in children.read_text().split()]
+    return out
+
+
+class Run:
+    def __init__(self, work: Path, sink_port: int) -> None:
+        self.work, self.sink_port = work, sink_port
+
+    def source(self, port: int, msg_file: Path, count: int, *, to: str, rcpts: int = 1, unique: bool = False) -> float:
+        cmd = ["smtp-source", "-d", "-s", str(SESSIONS), "-m", str(count), "-F", str(msg_file),
+               "-f", "alice@a.test", "-t", to, "-M", "client.a.test"]
+        if rcpts > 1:
+            cmd += ["-r", str(rcpts)]
+        if unique:
+            cmd.append("-N")
+        start = time.perf_counter()
+        subprocess.run([*cmd, f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL, timeout=1800)
+        return time.perf_counter() - start
+
+
+def mailseal_config(directory: Path, *, outbound: dict | None, inbound: dict | None, workers: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["[keystore]", 'path = "state/keystore.sqlite3"', "", "[server]", 'state_dir = "state"',
+             'max_message_size = "60MB"']
+    if workers > 1:
+        lines.append(f"workers = {workers}")
+    for name, section in (("outbound", outbound), ("inbound", inbound)):
+        if section:
+            lines += ["", f"[{name}]"] + [f'{k} = "{v}"' for k, v in section.items()]
+    path = directory / "mailseal.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ms(config: Path, *args: str, input: str | None = None) -> str:
+    return subprocess.run([sys.executable, "-m", "mailseal", "-c", str(config), *args], input=input,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages, one repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    args = parser.parse_args()
+    repeat = 1 if args.quick else args.repeat
+    for tool in ("smtp-source", "smtp-sink"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} missing (Debian package postfix; make bench installs it)", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="mailseal-gwbench-"))
+    procs: list[subprocess.Popen] = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        sink_port = free_port()
+        sink = subprocess.Popen(["smtp-sink", "-u", "nobody", "-m", "1000", f"127.0.0.1:{sink_port}", "1000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(sink)
+        wait_port(sink_port)
+        run = Run(work, sink_port)
+
+        # Keys: B's identities; A knows their public keys.
+        b_cfg = mailseal_config(work / "b", outbound=None, inbound={
+            "listen": f"127.0.0.1:{free_port()}", "next_hop": f"127.0.0.1:{sink_port}"}, workers=args.workers)
+        ms(b_cfg, "keys", "generate", "@b.test")
+        domain_card = ms(b_cfg, "keys", "export", "@b.test")
+        recipients = [f"{i}bob@b.test" for i in range(1, 6)]
+        plain_cfg = mailseal_config(work / "plain", outbound={
+            "listen": f"127.0.0.1:{free_port()}", "next_hop": f"127.0.0.1:{sink_port}",
+            "default_policy": "plain"}, inbound=None, workers=args.workers)
+        seal_cfg = mailseal_config(work / "seal", outbound={
+            "listen": f"127.0.0.1:{free_port()}", "next_hop": f"127.0.0.1:{sink_port}"}, inbound=None,
+            workers=args.workers)
+        ms(seal_cfg, "keys", "import", "bob@b.test", str(age.generate().recipient()))
+        for r in recipients:
+            ms(seal_cfg, "keys", "import", r, str(age.generate().recipient()))
+        domain_key = age.parse_recipient(domain_card.split("key: ")[1].split()[0])
+
+        results: dict = {"machine": machine(), "sessions": SESSIONS, "workers": args.workers, "sizes": {}}
+        for label in args.sizes.split(","):
+            size = SIZES[label]
+            count = max(SESSIONS, COUNTS[label] // (10 if args.quick else 1))
+            files = {}
+            for name, to in (("one", ["bob@b.test"]), ("five", recipients)):
+                files[name] = work / f"{label}-{name}.eml"
+                files[name].write_bytes(message(size, to).replace(b"\r\n", b"\n"))
+            files["sealed"] = work / f"{label}-sealed.eml"
+            files["sealed"].write_bytes(bundle.seal(message(size, ["bob@b.test"]), [domain_key]).replace(b"\r\n", b"\n"))
+            scenarios = {
+                "ceiling": (None, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
+                "baseline": ("baseline", lambda port: run.source(port, files["one"], count, to="bob@b.test")),
+                "plain": (plain_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
+                "seal-1": (seal_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
+                "seal-5": (seal_cfg, lambda port: run.source(port, files["five"], count, to="bob@b.test", rcpts=5)),
+                "open": (b_cfg, lambda port: run.source(port, files["sealed"], count, to="bob@b.test", unique=True)),
+            }
+            row = {}
+            for name, (target, drive) in scenarios.items():
+                samples = [measure(target, drive, sink_port, env) for _ in range(repeat)]
+                row[name] = {
+                    "msgs_per_s": statistics.median(count / s["seconds"] for s in samples),
+                    "mb_per_s": statistics.median(count * size / 1e6 / s["seconds"] for s in samples),
+                    "cpu_ms_per_msg": statistics.median(s["cpu"] * 1000 / count for s in samples),
+                    "peak_rss_mb": max(s["peak"] for s in samples) / 1e6,
+                    "runs": samples,
+                }
+            results["sizes"][label] = {"messages": count, "bytes": size, "scenarios": row}
+            print_table(label, count, row)
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "gateway.json").write_text(json.dumps(results, indent=2))
+        chart(results, out / "gateway.png")
+        print(f"\nmachine: {results['machine']}\nwritten: bench/results/gateway.json, bench/results/gateway.png")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(target, drive, sink_port: int, env) -> dict:
+    """Start the proxy (fresh, so peak memory is this run's), drive it, stop it."""
+    if target is None:
+        return {"seconds": drive(sink_port), "cpu": 0.0, "peak": 0}
+    port = free_port()
+    if target == "baseline":
+        cmd = [sys.executable, str(ROOT / "bench" / "passthrough.py"), str(port), str(sink_port)]
+    else:
+        text = Path(target).read_text()
+        import re
+
+        text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', text)
+        Path(target).write_text(text)
+        cmd = [sys.executable, "-m", "mailseal", "-c", str(target), "serve"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port)
+        time.sleep(0.3)
+        pids = family(proc.pid)
+        before = sum(cpu_seconds(p) for p in pids)
+        seconds = drive(port)
+        pids = family(proc.pid)
+        cpu = sum(cpu_seconds(p) for p in pids) - before
+        peak = sum(peak_rss(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    if b"Traceback" in err or b"refused:" in err:
+        raise RuntimeError(err.decode()[-3000:])
+    return {"seconds": seconds, "cpu": cpu, "peak": peak}
+
+
+def print_table(label: str, count: int, row: dict) -> None:
+    base = row["baseline"]
+    print(f"\n{label} messages, {count} per run, {SESSIONS} sessions")
+    print(f"{'scenario':<10} {'msg/s':>9} {'MB/s':>8} {'CPU ms/msg':>11} {'peak MB':>8} {'vs baseline':>12}")
+    for name, r in row.items():
+        ratio = "-" if name == "ceiling" else f"{r['msgs_per_s'] / base['msgs_per_s']:.2f}x"
+        cpu = "-" if name == "ceiling" else f"{r['cpu_ms_per_msg']:.2f}"
+        peak = "-" if name == "ceiling" else f"{r['peak_rss_mb']:.0f}"
+        print(f"{name:<10} {r['msgs_per_s']:9.1f} {r['mb_per_s']:8.1f} {cpu:>11} {peak:>8} {ratio:>12}")
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (StopIteration, OSError):
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def chart(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing (pip install -e '.[bench]'); no chart", file=sys.stderr)
+        return
+    sizes = list(results["sizes"])
+    names = [n for n in results["sizes"][sizes[0]]["scenarios"]]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4))
+    if len(sizes) == 1:
+        axes = [axes]
+    for ax, label in zip(axes, sizes):
+        row = results["sizes"][label]["scenarios"]
+        values = [row[n]["msgs_per_s"] for n in names]
+        colours = ["#999999", "#c44e52"] + ["#4c72b0"] * (len(names) - 2)
+        ax.bar(names, values, color=colours)
+        ax.set_title(f"{label} messages")
+        ax.set_ylabel("messages / s")
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle(f"mailseal vs pass-through proxy ({SESSIONS} sessions; {results['machine']})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
