@@ -188,9 +188,9 @@ def _parts(message: bytes) -> tuple[_Part, _Part]:
     boundary = headers.boundary()
     if not boundary:
         raise MalformedBundle("multipart/encrypted without a boundary")
-    body = memoryview(message)[body_at:]
+    body = memoryview(message)
     try:
-        spans = mime.find_parts(message[body_at:], boundary.encode("ascii", "replace"))
+        spans = mime.find_parts(message, boundary.encode("ascii", "replace"), body_at)
     except mime.MimeError as exc:
         raise MalformedBundle(str(exc)) from None
     if len(spans) != 2:

@@ -43,7 +43,8 @@ class Endpoint:
 class NextHop:
     endpoint: Endpoint | None = None
     maildir: Path | None = None
-    starttls: bool = False
+    starttls: bool = False  # require STARTTLS, with certificate checking
+    ca_file: Path | None = None  # trust these CAs instead of the system's
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,11 @@ class _Section:
             if not path:
                 raise ConfigError(f"{self.where(key)}: maildir: needs a path")
             return NextHop(maildir=Path(path) if os.path.isabs(path) else (self.base / path).resolve())
+        ca_file = self.path("next_hop_ca_file", None)
+        if ca_file is not None and not ca_file.is_file():
+            raise ConfigError(f"{self.where('next_hop_ca_file')}: {ca_file} does not exist")
         return NextHop(endpoint=parse_endpoint(value, self.where(key)),
-                       starttls=bool(self.get("next_hop_starttls", False, bool)))
+                       starttls=bool(self.get("next_hop_starttls", False, bool)), ca_file=ca_file)
 
     def check_unknown(self) -> None:
         unknown = set(self.data) - self.used

@@ -225,23 +225,25 @@ def decode_base64(text: bytes | memoryview) -> Iterator[bytes]:
         raise MimeError("truncated base64")
 
 
-def find_parts(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
+def find_parts(body: bytes, boundary: bytes, offset: int = 0) -> list[tuple[int, int]]:
     """Offsets (start, end) of each body part between boundary delimiters.
 
-    The line ending before a delimiter belongs to the delimiter (RFC 2046);
-    transport padding (spaces) after a delimiter is allowed; the preamble and
-    epilogue are ignored. Raises MimeError unless a close delimiter is found.
+    The body starts at `offset` (no copy of a large message is made); the
+    offsets returned are into `body`. The line ending before a delimiter
+    belongs to the delimiter (RFC 2046); transport padding (spaces) after a
+    delimiter is allowed; the preamble and epilogue are ignored. Raises
+    MimeError unless a close delimiter is found.
     """
     marker = b"--" + boundary
     parts: list[tuple[int, int]] = []
     start = None
-    pos = 0
+    pos = offset
     while True:
         hit = body.find(marker, pos)
         if hit < 0:
             raise MimeError("multipart body has no closing boundary")
         pos = hit + len(marker)
-        if hit and body[hit - 1] != 0x0A:
+        if hit > offset and body[hit - 1] != 0x0A:
             continue  # not at the start of a line
         close = body.startswith(b"--", pos)
         line_end = body.find(b"\n", pos)

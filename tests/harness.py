@@ -43,6 +43,7 @@ class Received:
     rcpts: list[str]
     data: bytes
     xforward: dict = field(default_factory=dict)
+    tls: bool = False
 
 
 class SinkHandler:
@@ -72,7 +73,7 @@ class SinkHandler:
             await asyncio.sleep(self.delay)
         if self.reply.startswith("2"):
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
-                                          dict(getattr(session, "xforward", {}))))
+                                          dict(getattr(session, "xforward", {})), session.ssl is not None))
             self.event.set()
         return self.reply
 
@@ -80,7 +81,7 @@ class SinkHandler:
 class Sink:
     """An aiosmtpd server on a free loopback port, in its own thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_context=None) -> None:
         from mailseal.gateway.smtp import GatewaySMTP
 
         self.handler = SinkHandler()
@@ -93,7 +94,8 @@ class Sink:
                     "allowed_clients": (__import__("ipaddress").ip_network("127.0.0.0/8"),),
                     "max_message_size": 200 * 1024 * 1024,
                     "line_length_limit": 200 * 1024 * 1024})(
-                    outer.handler, data_size_limit=None, enable_SMTPUTF8=True, decode_data=False)
+                    outer.handler, data_size_limit=None, enable_SMTPUTF8=True, decode_data=False,
+                    tls_context=tls_context)
                 return server
 
         self.controller = _Controller(self.handler, hostname="127.0.0.1", port=self.port)
@@ -218,7 +220,7 @@ def smtp_transaction(port: int, mail_from: str, rcpts: list[str], message: bytes
             assert code == 354, (code, text)
             from mailseal.gateway.relay import dot_stuff
 
-            client.send(dot_stuff(message) + b".\r\n")
+            client.send(b"".join(dot_stuff([message])) + b".\r\n")
             replies = [client.getreply() for r in rcpt_replies if r[0] == 250]
             return Transaction(mail, rcpt_replies, replies)  # type: ignore[arg-type]
         data = client.data(message)

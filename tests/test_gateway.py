@@ -464,3 +464,128 @@ def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path):
         finally:
             assert d.stop() == 0
         assert "starting a new one" in d.log_text()
+
+
+@pytest.mark.parametrize("name", ["NUL_AND_CR", "HEADERS_ONLY", "NO_HEADERS", "BINARY_JUNK", "LATIN1_8BIT"])
+def test_malformed_and_odd_messages_round_trip(world, name):
+    message = MESSAGES[name]
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"  # SMTP DATA always ends a message with CRLF
+    t = smtp_transaction(world["a2"].outbound_port, "alice@a.test", ["bob@b.test"], message,
+                         mail_options=("BODY=8BITMIME",))
+    assert t.data[0] == 250
+    [got] = world["final"].wait(1)
+    assert without_trace(got.data) == message
+
+
+def test_null_sender_bounces_pass_through(world):
+    bounce = b"From: MAILER-DAEMON@a.test\r\nTo: bob@b.test\r\nSubject: Undelivered\r\n\r\nsorry\r\n"
+    t = smtp_transaction(world["a"].outbound_port, "", ["bob@b.test"], bounce)
+    assert t.mail[0] == 250 and t.data[0] == 250
+    [copy] = world["wire"].wait(1)
+    assert copy.mail_from in ("", "<>") and bundle.is_sealed(copy.data)
+
+
+def test_quarantine_list_show_release(tmp_path, world):
+    from .conftest import run_cli
+
+    with Sink() as final:
+        q = Daemon(tmp_path / "q", inbound={"next_hop": f"127.0.0.1:{final.port}", "on_failure": "quarantine"})
+        q.cli("keys", "generate", "bob@b.test")
+        q.start()
+        try:
+            stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()])
+            t = smtp_transaction(q.inbound_port, "alice@a.test", ["bob@b.test"], stranger)
+            assert t.data[0] == 250 and b"quarantined as" in t.data[1]
+            entry = re.search(rb"quarantined as ([0-9A-F]{16})", t.data[1]).group(1).decode()
+            assert final.messages == []
+            listing = q.cli("quarantine", "list")
+            assert entry in listing and "no-matching-key" in listing and "alice@a.test" in listing
+            shown = run_cli("-c", str(q.config), "quarantine", "show", entry)
+            assert shown.returncode == 0 and shown.stdout.endswith(stranger)
+            bad = run_cli("-c", str(q.config), "quarantine", "show", "0123456789ABCDEF")
+            assert bad.returncode == 2 and b"no quarantined message" in bad.stderr
+            assert "released" in q.cli("quarantine", "release", entry)
+            [released] = final.wait(1)
+            assert released.rcpts == ["bob@b.test"]
+            assert released.data.startswith(b"Mailseal-Status: released from quarantine")
+            assert released.data.endswith(stranger)
+            assert "quarantine is empty" in q.cli("quarantine", "list")
+        finally:
+            q.stop()
+
+
+def test_sd_notify_readiness(tmp_path):
+    import os
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        d = Daemon(tmp_path / "notify", outbound={"next_hop": "127.0.0.1:9"})
+        d.start()
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    try:
+        assert sock.recv(100) == b"READY=1"
+    finally:
+        d.stop()
+        assert sock.recv(100) == b"STOPPING=1"
+        sock.close()
+
+
+def _self_signed(tmp_path):
+    """A CA-less certificate for 127.0.0.1, and an SSL context serving it."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "next-hop.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return cert_file, context
+
+
+def test_starttls_to_the_next_hop_checks_the_certificate(tmp_path):
+    cert_file, context = _self_signed(tmp_path)
+    with Sink(tls_context=context) as tls_sink, Sink() as plain_sink:
+        trusted = Daemon(tmp_path / "trusted", outbound={
+            "next_hop": f"127.0.0.1:{tls_sink.port}", "next_hop_starttls": True, "next_hop_ca_file": str(cert_file)})
+        untrusted = Daemon(tmp_path / "untrusted", outbound={
+            "next_hop": f"127.0.0.1:{tls_sink.port}", "next_hop_starttls": True})
+        no_tls = Daemon(tmp_path / "notls", outbound={
+            "next_hop": f"127.0.0.1:{plain_sink.port}", "next_hop_starttls": True})
+        for d in (trusted, untrusted, no_tls):
+            d.start()
+        try:
+            assert smtp_transaction(trusted.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE).data[0] == 250
+            [got] = tls_sink.wait(1)
+            assert got.tls
+            t = smtp_transaction(untrusted.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE)
+            assert t.data[0] == 451 and t.data[1].startswith(b"4.7.5")
+            t = smtp_transaction(no_tls.outbound_port, "a@a.test", ["x@x.test"], BOB_MESSAGE)
+            assert t.data[0] == 451 and t.data[1].startswith(b"4.7.4")
+            time.sleep(0.2)
+            assert len(tls_sink.messages) == 1 and plain_sink.messages == []
+        finally:
+            for d in (trusted, untrusted, no_tls):
+                d.stop()

@@ -41,9 +41,18 @@ def strip_mailseal_headers(message: bytes) -> bytes:
     return b"".join(kept) + message[len(head):]
 
 
-def with_trace(message: bytes, trace: str) -> bytes:
-    eol = mime.line_ending(message)
-    return TRACE_HEADER + b": " + trace.encode() + eol + message
+def delivered_pieces(chunks: list[bytes], trace: str) -> list[bytes]:
+    """The opened message as it is delivered: trace header, the original
+    with any Mailseal-* header removed, still in its decrypted chunks (a
+    large message is never joined into one more copy)."""
+    first = chunks[0] if chunks else b""
+    head, body_at = mime.split_head(first)
+    if body_at >= len(first) and len(chunks) > 1 and not first.endswith((b"\n\n", b"\r\n\r\n")):
+        # A header block longer than one chunk: rare enough to join.
+        chunks = [b"".join(chunks)]
+        first = chunks[0]
+    eol = mime.line_ending(first)
+    return [TRACE_HEADER + b": " + trace.encode() + eol, strip_mailseal_headers(first), *chunks[1:]]
 
 
 class Refusal(Exception):
@@ -112,8 +121,9 @@ class InboundHandler(BaseHandler):
         if claimed:
             trace = (f"opened; serial={opened.serial}; sealed={opened.date}; "
                      f"key={fingerprint(str(opened.identity.recipient()))}")
-            data = with_trace(strip_mailseal_headers(opened.message), trace)
-            delivered = await self._deliver(envelope, session, claimed, data, smtputf8, not data.isascii())
+            pieces = delivered_pieces(opened.chunks, trace)
+            eight_bit = not all(p.isascii() for p in pieces)
+            delivered = await self._deliver(envelope, session, claimed, pieces, smtputf8, eight_bit)
             for rcpt, reply in delivered.items():
                 if not reply.ok:  # so the MTA's retry is not taken for a replay
                     self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)

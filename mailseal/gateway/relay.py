@@ -26,14 +26,27 @@ FINAL_REPLY_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: ten minutes for the final dot
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 
 
+Buffer = bytes | bytearray | memoryview
+SEND_SLICE = 1 << 20  # a large message goes out a MiB at a time, never copied whole
+
+
 @dataclass
 class Envelope:
+    """One copy to send. `data` is the message, or its pieces in order
+    (the opened message is its trace header, its header block and the
+    decrypted chunks, never joined into one buffer)."""
+
     mail_from: str
     rcpts: Sequence[str]
-    data: bytes
+    data: Buffer | Sequence[Buffer]
     smtputf8: bool = False
     eight_bit: bool = False
     xforward: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (bytes, bytearray, memoryview)):
+            self.data = (self.data,)
+        self.size = sum(len(p) for p in self.data)
 
 
 class _Broken(Exception):
@@ -45,12 +58,29 @@ class _Broken(Exception):
         self.in_data = False  # broke after DATA: the next hop may hold a copy
 
 
-def dot_stuff(data: bytes) -> bytes:
-    """RFC 5321 4.5.2 transparency, and the CRLF the terminator needs."""
-    if not data.endswith(b"\n"):
-        data += b"\r\n"
-    stuffed = data.replace(b"\n.", b"\n..")
-    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+def dot_stuff(pieces: Sequence[Buffer]) -> list[Buffer]:
+    """RFC 5321 4.5.2 transparency over a message in pieces, and the final
+    CRLF the terminator needs.
+
+    A piece is copied only when it has a line starting with "." (sealed mail
+    never does); a piece starts a line when the one before ended with LF.
+    """
+    out: list[Buffer] = []
+    line_start = True
+    for piece in pieces:
+        if isinstance(piece, memoryview):
+            piece = piece.tobytes()
+        if not piece:
+            continue
+        if piece.find(b"\n.") >= 0:
+            piece = piece.replace(b"\n.", b"\n..")
+        if line_start and piece.startswith(b"."):
+            out.append(b".")
+        out.append(piece)
+        line_start = piece.endswith(b"\n")
+    if not line_start or not out:
+        out.append(b"\r\n")
+    return out
 
 
 class _Connection:
@@ -77,9 +107,19 @@ class _Connection:
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
-    async def send(self, *pieces: bytes) -> None:
+    async def send(self, *pieces: Buffer) -> None:
         try:
-            self.writer.writelines(pieces)
+            for piece in pieces:
+                if len(piece) <= SEND_SLICE:
+                    self.writer.write(piece)
+                else:
+                    with memoryview(piece) as view:
+                        for start in range(0, len(view), SEND_SLICE):
+                            self.writer.write(view[start : start + SEND_SLICE])
+                            # The transport copies what the socket does not
+                            # take at once: let it drain before the next MiB.
+                            async with asyncio.timeout(COMMAND_TIMEOUT):
+                                await self.writer.drain()
             if self.writer.transport.get_write_buffer_size() > 1 << 16:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await self.writer.drain()
@@ -199,7 +239,7 @@ class SMTPNextHop:
                 reply = await conn.command("XFORWARD " + " ".join(attrs))
                 if not reply.ok:
                     return dict.fromkeys(env.rcpts, reply)
-        params = [f"SIZE={len(env.data)}"] if "SIZE" in ext else []
+        params = [f"SIZE={env.size}"] if "SIZE" in ext else []
         if env.eight_bit and "8BITMIME" in ext:
             params.append("BODY=8BITMIME")
         if env.smtputf8:
@@ -226,7 +266,7 @@ class SMTPNextHop:
             if start.code != 354:
                 await conn.command("RSET")
                 return {r: (start if r in accepted else reply) for r, reply in result.items()}
-            await conn.send(dot_stuff(env.data) + b".\r\n")
+            await conn.send(*dot_stuff(env.data), b".\r\n")
             final = await conn.reply(FINAL_REPLY_TIMEOUT)
         except _Broken as exc:
             # After DATA started, a broken connection counts as not accepted
@@ -247,7 +287,7 @@ class SMTPNextHop:
         mail_reply = None
         try:
             if chunking:
-                await conn.send(envelope, f"BDAT {len(env.data)} LAST\r\n".encode(), env.data)
+                await conn.send(envelope, f"BDAT {env.size} LAST\r\n".encode(), *env.data)
             else:
                 await conn.send(envelope, b"DATA\r\n")
             mail_reply = await conn.reply()
@@ -262,7 +302,7 @@ class SMTPNextHop:
                         await conn.send(b".\r\n")
                         await conn.reply()
                     else:
-                        await conn.send(dot_stuff(env.data), b".\r\n")
+                        await conn.send(*dot_stuff(env.data), b".\r\n")
                         last = await conn.reply(FINAL_REPLY_TIMEOUT)
                 elif accepted and mail_reply.ok:
                     last = last if not last.ok else replies.NEXT_HOP_PROTOCOL
@@ -290,7 +330,7 @@ class MaildirNextHop:
     def __str__(self) -> str:
         return f"maildir:{self.path}"
 
-    def _write(self, data: bytes) -> str:
+    def _write(self, pieces: Sequence[Buffer]) -> str:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self._counter += 1
@@ -299,7 +339,7 @@ class MaildirNextHop:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                handle.writelines(pieces)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(tmp, self.path / "new" / name)
@@ -323,4 +363,7 @@ def next_hop_for(config_next_hop) -> SMTPNextHop | MaildirNextHop:
     if config_next_hop.maildir is not None:
         return MaildirNextHop(config_next_hop.maildir)
     ep = config_next_hop.endpoint
-    return SMTPNextHop(ep.host, ep.port, starttls=config_next_hop.starttls)
+    context = None
+    if config_next_hop.ca_file is not None:
+        context = ssl.create_default_context(cafile=str(config_next_hop.ca_file))
+    return SMTPNextHop(ep.host, ep.port, starttls=config_next_hop.starttls, tls_context=context)

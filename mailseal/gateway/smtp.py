@@ -128,11 +128,13 @@ class _EdgeMixin:
         self._set_post_data_state()
         await self.push(status)
 
-    async def _read_data(self) -> bytes | None:
+    async def _read_data(self) -> bytearray | None:
         """The message after 354, unstuffed; None when it exceeded the limit.
 
         Reads in large blocks up to the terminator; anything after it (a
         pipelined QUIT or MAIL) goes back to the reader for the command loop.
+        The message stays in the one buffer it was read into (a large message
+        is never copied here, unless it has lines to unstuff).
         """
         reader = self._reader
         # A leading CRLF that the client never sent lets one search find a
@@ -164,7 +166,10 @@ class _EdgeMixin:
         del buffer[found + 2:]
         # Dot-unstuffing (RFC 5321 4.5.2): every line that starts with "."
         # loses that first dot. The leading CRLF makes line 1 a line start.
-        return bytes(buffer.replace(b"\r\n.", b"\r\n"))[2:]
+        if buffer.find(b"\r\n.") >= 0:
+            buffer = buffer.replace(b"\r\n.", b"\r\n")
+        del buffer[:2]
+        return buffer
 
 
 class GatewaySMTP(_EdgeMixin, SMTP):
