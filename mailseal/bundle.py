@@ -107,17 +107,20 @@ def write_sealed(
     *,
     now: float | None = None,
     rng: Callable[[int], bytes] = os.urandom,
+    eol: bytes | None = None,
 ) -> tuple[int, str]:
     """Seal message for recipients, writing the bundle to out as it is made.
 
-    Returns (date, serial). `now` and `rng` are test hooks: the sealing time
-    in Unix seconds and the source of randomness.
+    Returns (date, serial). The bundle's line ending is `eol`, or the
+    message's own when None (a file sealed by hand stays LF; the gateway
+    always asks for CRLF, as SMTP does). `now` and `rng` are test hooks: the
+    sealing time in Unix seconds and the source of randomness.
     """
     date = int(time.time() if now is None else now)
     serial = rng(16).hex()
     file_key, age_header = age.encrypt_header(recipients, [replay_stanza(date, serial)], rng)
     boundary = b"=_mailseal_" + rng(12).hex().encode()
-    eol = mime.line_ending(message)
+    eol = eol or mime.line_ending(message)
 
     out.write(_outer_headers(message, eol, date))
     out.write(
@@ -156,10 +159,11 @@ def seal(
     *,
     now: float | None = None,
     rng: Callable[[int], bytes] = os.urandom,
+    eol: bytes | None = None,
 ) -> bytes:
     """Seal message for recipients and return the whole bundle."""
     buffer = io.BytesIO()
-    write_sealed(message, recipients, buffer, now=now, rng=rng)
+    write_sealed(message, recipients, buffer, now=now, rng=rng, eol=eol)
     return buffer.getvalue()
 
 

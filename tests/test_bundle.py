@@ -267,3 +267,11 @@ def test_bundle_without_replay_stanza_is_refused(classic_identity):
 def test_wrong_key_is_no_match(pq_identity, other_identity):
     with pytest.raises(age.NoIdentityMatch):
         bundle.open_sealed(seal_for(pq_identity, b"x"), [other_identity])
+
+
+def test_line_ending_can_be_imposed(pq_identity):
+    lf = MESSAGES["LF_PLAIN"]
+    assert b"\r\n" not in seal_for(pq_identity, lf)
+    crlf = seal_for(pq_identity, lf, eol=b"\r\n")
+    assert crlf.count(b"\n") == crlf.count(b"\r\n")
+    assert bundle.open_sealed(crlf, [pq_identity]).message == lf

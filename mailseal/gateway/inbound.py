@@ -51,8 +51,8 @@ def delivered_pieces(chunks: list[bytes], trace: str) -> list[bytes]:
         # A header block longer than one chunk: rare enough to join.
         chunks = [b"".join(chunks)]
         first = chunks[0]
-    eol = mime.line_ending(first)
-    return [TRACE_HEADER + b": " + trace.encode() + eol, strip_mailseal_headers(first), *chunks[1:]]
+    # SMTP lines end in CRLF, whatever the sealed original used.
+    return [TRACE_HEADER + b": " + trace.encode() + b"\r\n", strip_mailseal_headers(first), *chunks[1:]]
 
 
 class Refusal(Exception):

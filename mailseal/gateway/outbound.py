@@ -126,9 +126,9 @@ class OutboundHandler(BaseHandler):
         if copy.sealed:
             try:
                 if len(message) <= INLINE_SEAL_LIMIT:
-                    data = bundle.seal(message, copy.keys)
+                    data = bundle.seal(message, copy.keys, eol=b"\r\n")
                 else:
-                    data = await asyncio.to_thread(bundle.seal, message, copy.keys)
+                    data = await asyncio.to_thread(bundle.seal, message, copy.keys, eol=b"\r\n")
             except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
                 log.error("outbound: sealing failed: %s", type(exc).__name__)
                 return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)

@@ -78,8 +78,8 @@ def dot_stuff(pieces: Sequence[Buffer]) -> list[Buffer]:
             out.append(b".")
         out.append(piece)
         line_start = piece.endswith(b"\n")
-    if not line_start or not out:
-        out.append(b"\r\n")
+    if not out or not out[-1].endswith(b"\r\n"):
+        out.append(b"\r\n")  # the terminator is CRLF "." CRLF, whatever the message ends with
     return out
 
 
