@@ -20,7 +20,7 @@ class Forwarder:
 
     def _send(self, session, envelope) -> str:
         client = getattr(session, "relay", None)
-        for attempt in (1, 2):
+        for _attempt in (1, 2):  # a reused connection may have gone stale
             try:
                 if client is None:
                     client = session.relay = smtplib.SMTP("127.0.0.1", self.next_port)

@@ -75,11 +75,11 @@ def median_run(cmd, stdin_path, stdout_path, runs) -> dict:
     return {"seconds": statistics.median(times), "peak_rss": max(peaks)}
 
 
-def median_call(fn, runs) -> float:
+def median_call(fn, args, runs) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn()
+        fn(*args)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -122,11 +122,10 @@ def main() -> int:
             shutil.copy(out, work / "sealed_pq.eml")
             row["open_pq"] = median_run([*mailseal, "open", "-i", str(pq_key)], work / "sealed_pq.eml", out, runs)
             sealed_pq = (work / "sealed_pq.eml").read_bytes()
-            row["inproc_seal_pq_s"] = median_call(lambda: bundle.seal(message, [pq.recipient()]), runs)
-            row["inproc_open_pq_s"] = median_call(lambda: bundle.open_sealed(sealed_pq, [pq]), runs)
+            row["inproc_seal_pq_s"] = median_call(bundle.seal, (message, [pq.recipient()]), runs)
+            row["inproc_open_pq_s"] = median_call(bundle.open_sealed, (sealed_pq, [pq]), runs)
             results["sizes"][label] = row
             print_row(label, row)
-            del message, sealed_pq
     finally:
         shutil.rmtree(work)
     out_dir = ROOT / "bench" / "results"

@@ -126,7 +126,7 @@ class ReplayCache:
                     outcomes = await asyncio.to_thread(self._write_batch, [b[:3] for b in batch])
                 except CacheUnavailable as exc:
                     outcomes = [exc] * len(batch)
-                for (_, _, _, future), outcome in zip(batch, outcomes):
+                for (_, _, _, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
                     if outcome is None:

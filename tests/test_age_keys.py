@@ -106,3 +106,26 @@ def test_bech32_has_no_length_limit():
     data = bytes(range(256)) * 5
     hrp, back = bech32.decode(bech32.encode("age1pq", data))
     assert (hrp, back) == ("age1pq", data)
+
+
+def test_low_order_check_matches_x25519_all_zero_output():
+    """The arithmetic low-order test agrees with OpenSSL's refusal of all-zero
+    shared secrets, for every known small-order point and random points."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    from mailseal.age.hybrid import _LOW_ORDER, _P, _low_order
+
+    private = X25519PrivateKey.generate()
+    candidates = [u.to_bytes(32, "little") for u in _LOW_ORDER]
+    candidates += [(u + _P).to_bytes(32, "little") for u in _LOW_ORDER if u + _P < 2**255]
+    candidates += [bytes(c[:31]) + bytes([c[31] | 0x80]) for c in list(candidates)]  # bit 255 set
+    candidates += [os.urandom(32) for _ in range(200)]
+    for share in candidates:
+        try:
+            private.exchange(X25519PublicKey.from_public_bytes(share))
+            zero = False
+        except ValueError:
+            zero = True
+        assert _low_order(share) == zero, share.hex()

@@ -225,3 +225,15 @@ while not (state / "stop").exists():
         lookups += 1
 print(lookups, seen)
 """
+
+
+def test_locked_keystore_is_one_line_exit_2(cfg):
+    ok(ms(cfg, "policy", "set", "@x.test", "plain"))
+    blocker = sqlite3.connect(cfg.parent / "state" / "keystore.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        fails(ms(cfg, "policy", "set", "@x.test", "require"), "locked by another process")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert json.loads(ok(ms(cfg, "policy", "list", "--json")))[0]["policy"] == "plain"

@@ -7,7 +7,6 @@ import re
 import signal
 import smtplib
 import socket
-import sqlite3
 import threading
 import time
 

@@ -9,7 +9,7 @@ from "tampered" (AuthenticationError).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .errors import (
     AgeError,

@@ -22,9 +22,3 @@ def decode(text: bytes) -> bytes:
         raise ValueError("non-canonical base64")
     return data
 
-
-def decoded_length_ok(text: bytes, length: int) -> bool:
-    try:
-        return len(decode(text)) == length
-    except ValueError:
-        return False

@@ -160,7 +160,7 @@ class InboundHandler(BaseHandler):
         cache = self.ctx.replay_cache
         results = await asyncio.gather(*(cache.aclaim(self._owner(r), opened.serial, opened.date) for r in rcpts),
                                        return_exceptions=True)
-        for rcpt, result in zip(rcpts, results):
+        for rcpt, result in zip(rcpts, results, strict=True):
             try:
                 if isinstance(result, BaseException):
                     raise result

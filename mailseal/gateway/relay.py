@@ -256,7 +256,7 @@ class SMTPNextHop:
             if not mail_reply.ok:
                 return dict.fromkeys(env.rcpts, mail_reply)
             rcpt_replies = [await conn.command(line) for line in rcpt_lines]
-        result = dict(zip(env.rcpts, rcpt_replies))
+        result = dict(zip(env.rcpts, rcpt_replies, strict=True))
         accepted = [r for r, reply in result.items() if reply.ok]
         try:
             if not accepted:
@@ -292,7 +292,7 @@ class SMTPNextHop:
                 await conn.send(envelope, b"DATA\r\n")
             mail_reply = await conn.reply()
             rcpt_replies = [await conn.reply() for _ in rcpt_lines]
-            result = dict(zip(env.rcpts, rcpt_replies))
+            result = dict(zip(env.rcpts, rcpt_replies, strict=True))
             accepted = [r for r, reply in result.items() if reply.ok]
             last = await conn.reply(FINAL_REPLY_TIMEOUT if chunking else COMMAND_TIMEOUT)
             if not chunking:

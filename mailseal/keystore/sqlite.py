@@ -295,6 +295,9 @@ class SQLiteKeyStore:
         Rotated, expired and revoked identities are included (mail sealed to
         them may still be in flight); only `delete` removes one.
         """
+        return list(self._cached(("identities", address), lambda: self._identities_for(address)))
+
+    def _identities_for(self, address: Address) -> tuple[age.Identity, ...]:
         owners = self._owners(address)
         marks = ",".join("?" * len(owners))
         with _sqlite_errors(self.path):
@@ -313,7 +316,7 @@ class SQLiteKeyStore:
                     raise MasterKeyError(f"stored identity {fingerprint(recipient)} does not match its public key")
                 self._identity_cache[(key_id, recipient)] = identity
             out.append(identity)
-        return out
+        return tuple(out)
 
     def all_identities(self) -> list[age.Identity]:
         """Every local identity (the inbound filter tries them all when needed)."""
