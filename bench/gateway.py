@@ -226,6 +226,10 @@ def measure(target, drive, sink_port: int, env) -> dict:
 
         text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', text)
         Path(target).write_text(text)
+        # smtp-source -N numbers recipients from 1 again in every run: a fresh
+        # replay cache, or the second run would be (rightly) refused as replays.
+        for stale in Path(target).parent.glob("state/replay.sqlite3*"):
+            stale.unlink()
         cmd = [sys.executable, "-m", "mailseal", "-c", str(target), "serve"]
     log = tempfile.TemporaryFile()  # a pipe would fill up with log lines and stall the daemon
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)

@@ -8,6 +8,7 @@ them around, so the few operations it needs are done here on raw bytes.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -82,6 +83,9 @@ def fields(head: bytes) -> list[Field]:
             for lines in out]
 
 
+_PARAM = re.compile(r'\s*;?\s*([!#$%&\'+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\\\]|\\\\.)*"|[^\s;"]+)\s*;?')
+
+
 class Headers:
     """The few header fields a gateway reads, without the email package's parser.
 
@@ -118,14 +122,36 @@ class Headers:
 
     def content_type(self) -> str:
         """Lowercase type/subtype; text/plain when absent or malformed (RFC 2045)."""
-        return self._content_type().get_content_type()
+        value = self._fields.get("content-type")
+        if value is None:
+            return "text/plain"
+        ctype = value.split(";", 1)[0].strip().lower()
+        return ctype if ctype.count("/") == 1 and " " not in ctype else "text/plain"
 
     def param(self, name: str, default: str = "") -> str:
+        simple = self.simple_params()
+        if simple is not None:
+            return simple.get(name.lower(), default)
         value = self._content_type().get_param(name, default)
         return str(value[2] if isinstance(value, tuple) else value)
 
     def boundary(self) -> str | None:
-        return self._content_type().get_boundary()
+        return self.param("boundary") or None
+
+    def simple_params(self) -> dict[str, str] | None:
+        """Content-Type parameters by a regular expression: the quick path
+        for plain `name=value` and `name="value"`. None when the value needs
+        the full parser (RFC 2231 `name*=`, comments, odd quoting)."""
+        value = self._fields.get("content-type")
+        if value is None or "*" in value or "(" in value:
+            return None
+        _, _, rest = value.partition(";")
+        params = {}
+        for match in _PARAM.finditer(rest):
+            raw = match.group(2)
+            params[match.group(1).lower()] = raw[1:-1].replace('\\"', '"') if raw.startswith('"') else raw
+        leftover = _PARAM.sub("", rest).strip(" \t;")
+        return params if not leftover else None
 
 
 def _well_formed(folded: bytes, eol: bytes) -> bool:

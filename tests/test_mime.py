@@ -59,3 +59,24 @@ def test_reencode_field_keeps_ascii_verbatim_and_encodes_8bit():
     field = mime.fields("From: Jörg <j@x.test>".encode())[0]
     folded = mime.reencode_field(field, b"\n")
     assert folded.isascii() and b"=?utf-8?" in folded and b"<j@x.test>" in folded
+
+
+@pytest.mark.parametrize("value", [
+    b'multipart/encrypted;\r\n protocol="application/vnd.mailseal.keyblob";\r\n boundary="=_mailseal_abc"',
+    b"multipart/mixed; boundary=xyz",
+    b'multipart/mixed; boundary="a;b" ; x=1',
+    b"Multipart/Mixed;BOUNDARY=q",
+    b'multipart/mixed; boundary*0="ab"; boundary*1="cd"',
+    b"multipart/mixed; (comment) boundary=z",
+    b"text",
+    b'application/pkcs7-mime; smime-type="enveloped-data"; name=smime.p7m',
+])
+def test_content_type_parameters_agree_with_the_email_package(value):
+    from email.message import Message
+
+    reference = Message()
+    reference["Content-Type"] = " ".join(value.decode().split())
+    headers = mime.Headers(b"Content-Type: " + value)
+    assert headers.content_type() == reference.get_content_type()
+    assert headers.boundary() == reference.get_boundary()
+    assert headers.param("smime-type") == (reference.get_param("smime-type") or "")

@@ -108,6 +108,8 @@ class _Connection:
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
     async def send(self, *pieces: Buffer) -> None:
+        if len(pieces) > 1 and sum(map(len, pieces)) <= SEND_SLICE:
+            pieces = (b"".join(pieces),)  # one write, one system call, for the common small message
         try:
             for piece in pieces:
                 if len(piece) <= SEND_SLICE:
