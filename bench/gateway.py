@@ -8,6 +8,9 @@ the same messages through, in the same run:
   plain       smtp-source -> mailseal outbound, policy plain -> smtp-sink
   seal-1      ... sealing to one post-quantum recipient
   seal-5      ... sealing to five post-quantum recipients (one copy, five stanzas)
+  seal-N      ... sealing to one recipient, a new address every message (-N,
+              found through the @b.test domain key): the like-for-like
+              reference for open, whose recipients must differ too
   open        smtp-source -> mailseal inbound, opening (each message to a new
               recipient, -N, so the replay cache sees no repeats) -> smtp-sink
 
@@ -166,6 +169,7 @@ def main() -> int:
             "listen": f"127.0.0.1:{free_port()}", "next_hop": f"127.0.0.1:{sink_port}"}, inbound=None,
             workers=args.workers)
         ms(seal_cfg, "keys", "import", "bob@b.test", str(age.generate().recipient()))
+        ms(seal_cfg, "keys", "import", "@b.test", str(age.generate().recipient()))
         for r in recipients:
             ms(seal_cfg, "keys", "import", r, str(age.generate().recipient()))
         domain_key = age.parse_recipient(domain_card.split("key: ")[1].split()[0])
@@ -186,6 +190,7 @@ def main() -> int:
                 "plain": (plain_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "seal-1": (seal_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "seal-5": (seal_cfg, lambda port: run.source(port, files["five"], count, to="bob@b.test", rcpts=5)),
+                "seal-N": (seal_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test", unique=True)),
                 "open": (b_cfg, lambda port: run.source(port, files["sealed"], count, to="bob@b.test", unique=True)),
             }
             row = {}
@@ -263,6 +268,8 @@ def print_table(label: str, count: int, row: dict) -> None:
     print(f"{'scenario':<10} {'msg/s':>9} {'MB/s':>8} {'CPU ms/msg':>11} {'peak MB':>8} {'vs baseline':>12}")
     for name, r in row.items():
         ratio = "-" if name == "ceiling" else f"{r['msgs_per_s'] / base['msgs_per_s']:.2f}x"
+        if name == "open":
+            ratio += f"  ({r['msgs_per_s'] / row['seal-N']['msgs_per_s']:.2f}x seal-N)"
         cpu = "-" if name == "ceiling" else f"{r['cpu_ms_per_msg']:.2f}"
         peak = "-" if name == "ceiling" else f"{r['peak_rss_mb']:.0f}"
         print(f"{name:<10} {r['msgs_per_s']:9.1f} {r['mb_per_s']:8.1f} {cpu:>11} {peak:>8} {ratio:>12}")

@@ -182,6 +182,15 @@ class _Part:
     body: memoryview
 
 
+def split(message: bytes) -> tuple[_Part, _Part]:
+    """The key blob and ciphertext parts of a bundle, not yet decoded.
+
+    Raises NotSealed for anything that is not a mailseal bundle (plain mail,
+    PGP/MIME) and MalformedBundle for a broken one.
+    """
+    return _parts(message)
+
+
 def _parts(message: bytes) -> tuple[_Part, _Part]:
     head, body_at = mime.split_head(message)
     headers = mime.Headers(head)
@@ -252,7 +261,12 @@ def open_sealed(message: bytes, identities: Sequence[Identity]) -> Opened:
     age.AuthenticationError (BundleMismatch for differing visible copies).
     Nothing of the plaintext is returned unless all of it authenticated.
     """
-    keyblob, payload = _parts(message)
+    return open_parts(_parts(message), identities)
+
+
+def open_parts(parts: tuple[_Part, _Part], identities: Sequence[Identity]) -> Opened:
+    """open_sealed for parts that split() already found."""
+    keyblob, payload = parts
     try:
         age_header = b"".join(mime.decode_base64(keyblob.body))
         header = age.parse_header(age_header)

@@ -90,15 +90,20 @@ class InboundHandler(BaseHandler):
         rcpts = list(envelope.rcpt_tos)
         message = envelope.content
         smtputf8, eight_bit = envelope_flags(envelope)
-        if not bundle.is_sealed(message):
+        outcome: dict[str, Reply] = {}
+        try:
+            parts = bundle.split(message)
+        except bundle.NotSealed:
             data = strip_mailseal_headers(message)
             outcome = await self._deliver(envelope, session, rcpts, data, smtputf8, eight_bit)
             self.log_message(qid, envelope, "clear", outcome, started, message_id(message))
             return self.finish(server, rcpts, outcome)
-
-        outcome: dict[str, Reply] = {}
+        except bundle.MalformedBundle:
+            parts = None
         try:
-            opened = await self._open(rcpts, message)
+            if parts is None:
+                raise Refusal(replies.MALFORMED, "malformed")
+            opened = await self._open(rcpts, message, parts)
         except Refusal as refusal:
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
             self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, message_id(message))
@@ -135,7 +140,7 @@ class InboundHandler(BaseHandler):
         parsed = self.address(rcpt)
         return parsed.owner if parsed else rcpt
 
-    async def _open(self, rcpts: list[str], message: bytes) -> bundle.Opened:
+    async def _open(self, rcpts: list[str], message: bytes, parts) -> bundle.Opened:
         identities: list[age.Identity] = []
         for rcpt in rcpts:
             parsed = self.address(rcpt)
@@ -146,8 +151,8 @@ class InboundHandler(BaseHandler):
             raise Refusal(replies.NO_IDENTITY, "no-local-key")
         try:
             if len(message) <= INLINE_OPEN_LIMIT:
-                return bundle.open_sealed(message, identities)
-            return await asyncio.to_thread(bundle.open_sealed, message, identities)
+                return bundle.open_parts(parts, identities)
+            return await asyncio.to_thread(bundle.open_parts, parts, identities)
         except bundle.MalformedBundle:
             raise Refusal(replies.MALFORMED, "malformed") from None
         except age.NoIdentityMatch:
