@@ -12,6 +12,7 @@ No SMTP and no SQL here: bytes in, bytes out. docs/FORMAT.md is the spec.
 
 from __future__ import annotations
 
+import calendar
 import io
 import os
 import re
@@ -224,18 +225,32 @@ def _parts(message: bytes) -> tuple[_Part, _Part]:
     return keyblob, payload
 
 
+_OUR_DATE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                       r"(\d{4}) (\d\d):(\d\d):(\d\d) \+0000")
+
+
+def _parse_date(text: str) -> int:
+    """Unix seconds of an RFC 5322 date; our own UTC form without the email package."""
+    match = _OUR_DATE.fullmatch(text.strip())
+    if match:
+        day, month, year, hour, minute, second = match.groups()
+        return calendar.timegm((int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute),
+                                int(second), 0, 0, 0))
+    from email.utils import parsedate_to_datetime
+
+    parsed = parsedate_to_datetime(text)
+    if parsed.tzinfo is None:  # "-0000": no zone given; the sealer wrote UTC
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp())
+
+
 def _visible(part: _Part) -> tuple[int, str]:
     date_text = part.headers.get(DATE_HEADER)
     serial_text = part.headers.get(SERIAL_HEADER)
     if date_text is None or serial_text is None:
         raise MalformedBundle(f"the key blob lacks {DATE_HEADER} or {SERIAL_HEADER}")
-    from email.utils import parsedate_to_datetime
-
     try:
-        parsed = parsedate_to_datetime(str(date_text))
-        if parsed.tzinfo is None:  # "-0000": no zone given; the sealer wrote UTC
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        date = int(parsed.timestamp())
+        date = _parse_date(str(date_text))
     except (TypeError, ValueError):
         raise MalformedBundle(f"unreadable {DATE_HEADER}") from None
     return date, str(serial_text).strip().lower()
