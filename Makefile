@@ -7,7 +7,7 @@ CONFIG ?= config/mailseal.toml
 PY     := $(VENV)/bin/python
 # Debian packages the tests use: age (interop reference), postfix (a real MTA
 # and smtp-source/smtp-sink), swaks (a real SMTP client).
-DEBIAN_TEST_PACKAGES := age postfix swaks
+DEBIAN_TEST_PACKAGES := age postfix swaks iproute2
 # and for `make bench`: GNU time (peak memory of each measured process).
 DEBIAN_BENCH_PACKAGES := $(DEBIAN_TEST_PACKAGES) time
 

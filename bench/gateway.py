@@ -207,9 +207,10 @@ def main() -> int:
             print_table(label, count, row)
         out = ROOT / "bench" / "results"
         out.mkdir(exist_ok=True)
-        (out / "gateway.json").write_text(json.dumps(results, indent=2))
-        chart(results, out / "gateway.png")
-        print(f"\nmachine: {results['machine']}\nwritten: bench/results/gateway.json, bench/results/gateway.png")
+        stem = "gateway" if args.workers == 1 else f"gateway-workers{args.workers}"
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+        chart(results, out / f"{stem}.png")
+        print(f"\nmachine: {results['machine']}\nwritten: bench/results/{stem}.json, bench/results/{stem}.png")
     finally:
         for p in procs:
             p.terminate()
