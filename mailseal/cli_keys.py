@@ -12,18 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from . import age, config as config_mod
-from .addresses import AddressError, parse_owner
-from .keystore import (
-    POLICIES,
-    KeyRecord,
-    KeystoreError,
-    SQLiteKeyStore,
-    open_keystore,
-    parse_cards,
-    render_card,
-)
-from .keystore.audit import first_broken
+
+if TYPE_CHECKING:
+    from .keystore import KeyRecord, SQLiteKeyStore
+
+# The keystore and email-validator are imported by the commands that use
+# them: `mailseal seal` and `open` start faster without them.
 
 
 class UserError(Exception):
@@ -51,6 +48,8 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _store(args: argparse.Namespace, create: bool) -> SQLiteKeyStore:
+    from .keystore import KeystoreError, open_keystore
+
     cfg = load_config(args)
     try:
         return open_keystore(cfg.keystore, create=create, actor=f"cli:{_user()}")
@@ -68,6 +67,8 @@ def _user() -> str:
 
 
 def _owner(text: str) -> str:
+    from .addresses import AddressError, parse_owner
+
     try:
         return parse_owner(text)
     except AddressError as exc:
@@ -106,6 +107,8 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _run(args: argparse.Namespace, create: bool, action):
+    from .keystore import KeystoreError
+
     with _store(args, create) as store:
         try:
             return action(store)
@@ -144,6 +147,8 @@ def _read_import_source(source: str) -> tuple[str, str]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from .keystore import KeystoreError, parse_cards
+
     owner = _owner(args.owner)
     text, where = _read_import_source(args.source)
     expires = _expires(args.expires)
@@ -170,6 +175,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .keystore import render_card
+
     owner = _owner(args.owner)
     records = _run(args, False, lambda s: s.export(owner))
     sys.stdout.write("\n".join(render_card(r) for r in records))
@@ -240,6 +247,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from .keystore.audit import first_broken
+
     entries = _run(args, False, lambda s: s.audit_entries())
     if args.verify:
         broken = first_broken(entries)
@@ -330,7 +339,7 @@ def add_commands(commands) -> None:
         dest="policy_command", metavar="ACTION", required=True)
     p = policy.add_parser("set", help="require | opportunistic | plain")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
-    p.add_argument("policy", choices=POLICIES)
+    p.add_argument("policy", choices=config_mod.POLICIES)
     p.set_defaults(func=cmd_policy_set)
     p = policy.add_parser("unset", help="back to the default policy")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")

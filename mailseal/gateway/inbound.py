@@ -90,13 +90,14 @@ class InboundHandler(BaseHandler):
         rcpts = list(envelope.rcpt_tos)
         message = envelope.content
         smtputf8, eight_bit = envelope_flags(envelope)
+        mid = message_id(message)
         outcome: dict[str, Reply] = {}
         try:
             parts = bundle.split(message)
         except bundle.NotSealed:
             data = strip_mailseal_headers(message)
             outcome = await self._deliver(envelope, session, rcpts, data, smtputf8, eight_bit)
-            self.log_message(qid, envelope, "clear", outcome, started, message_id(message))
+            self.log_message(qid, envelope, "clear", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
         except bundle.MalformedBundle:
             parts = None
@@ -106,20 +107,25 @@ class InboundHandler(BaseHandler):
             opened = await self._open(rcpts, message, parts)
         except Refusal as refusal:
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
-            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, message_id(message))
+            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
         except KeystoreError as exc:
             log.error("%s inbound: keystore: %s", qid, exc)
             return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
 
         claimed, refused = await self._claim(rcpts, opened)
+        if not refused:
+            # The sealed form is no longer needed: let a large one go before
+            # the opened copy is delivered (peak memory).
+            parts = message = None
+            envelope.content = envelope.original_content = None
         if refused and not self.lmtp(server):
             # One SMTP reply for all: a replay for one recipient refuses the lot.
             for rcpt in claimed:
                 self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
             refusal = next(iter(refused.values()))
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
-            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, message_id(message))
+            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
         for rcpt, refusal in refused.items():
             outcome.update(self._refuse(envelope, session, [rcpt], message, refusal))
@@ -134,7 +140,7 @@ class InboundHandler(BaseHandler):
                 if not reply.ok:  # so the MTA's retry is not taken for a replay
                     self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
             outcome.update(delivered)
-        self.log_message(qid, envelope, "opened", outcome, started, message_id(message))
+        self.log_message(qid, envelope, "opened", outcome, started, mid)
         return self.finish(server, rcpts, outcome)
 
     def _owner(self, rcpt: str) -> str:

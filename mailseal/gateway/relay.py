@@ -112,14 +112,13 @@ class _Connection:
             pieces = (b"".join(pieces),)  # one write, one system call, for the common small message
         try:
             for piece in pieces:
-                if len(piece) <= SEND_SLICE:
-                    self.writer.write(piece)
-                else:
-                    with memoryview(piece) as view:
-                        for start in range(0, len(view), SEND_SLICE):
-                            self.writer.write(view[start : start + SEND_SLICE])
-                            # The transport copies what the socket does not
-                            # take at once: let it drain before the next MiB.
+                with memoryview(piece) as view:
+                    for start in range(0, len(view), SEND_SLICE):
+                        self.writer.write(view[start : start + SEND_SLICE])
+                        # The transport copies what the socket does not take
+                        # at once: past a MiB waiting, let it drain first, so
+                        # a large message is never copied whole.
+                        if self.writer.transport.get_write_buffer_size() > SEND_SLICE:
                             async with asyncio.timeout(COMMAND_TIMEOUT):
                                 await self.writer.drain()
             if self.writer.transport.get_write_buffer_size() > 1 << 16:
