@@ -90,3 +90,21 @@ def test_make_run_starts_the_gateway_and_seals_into_the_maildir(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_make_demo_shows_sealed_and_opened_forms(tmp_path):
+    text = (ROOT / "config" / "mailseal.toml").read_text()
+    text = text.replace("127.0.0.1:10025", f"127.0.0.1:{free_port()}").replace("127.0.0.1:10027", f"127.0.0.1:{free_port()}")
+    text = text.replace("../run/", f"{tmp_path}/run/").replace('"../run"', f'"{tmp_path}/run"')
+    cfg = tmp_path / "mailseal.toml"
+    cfg.write_text(text)
+    result = subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"CONFIG={cfg}"], capture_output=True,
+                            timeout=300)
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    sealed_part = out.split("== 2.")[1].split("== 3.")[0]
+    assert "multipart/encrypted" in sealed_part and "Subject: [...]" in sealed_part
+    assert "revenue is up" not in sealed_part
+    opened_part = out.split("== 4.")[1]
+    assert "Mailseal-Status: opened" in opened_part and "revenue is up 12%" in opened_part
+    assert "byte for byte (apart from the trace header): True" in out
