@@ -68,30 +68,26 @@ def _lines(text: str):
             yield number, line
 
 
-def parse_identities(text: str) -> list[Identity]:
-    """Parse an identity file: one key per line, `#` comments, blank lines."""
+def _parse_file(text: str, parse, what: str) -> list:
     out = []
     for number, line in _lines(text):
         try:
-            out.append(parse_identity(line))
+            out.append(parse(line))
         except KeyFormatError as exc:
             raise KeyFormatError(f"line {number}: {exc}") from None
     if not out:
-        raise KeyFormatError("no identity found")
+        raise KeyFormatError(f"no {what} found")
     return out
+
+
+def parse_identities(text: str) -> list[Identity]:
+    """Parse an identity file: one key per line, `#` comments, blank lines."""
+    return _parse_file(text, parse_identity, "identity")
 
 
 def parse_recipients(text: str) -> list[Recipient]:
     """Parse a recipients file: one key per line, `#` comments, blank lines."""
-    out = []
-    for number, line in _lines(text):
-        try:
-            out.append(parse_recipient(line))
-        except KeyFormatError as exc:
-            raise KeyFormatError(f"line {number}: {exc}") from None
-    if not out:
-        raise KeyFormatError("no recipient found")
-    return out
+    return _parse_file(text, parse_recipient, "recipient")
 
 
 def generate(classic: bool = False, rng: Callable[[int], bytes] = os.urandom) -> Identity:

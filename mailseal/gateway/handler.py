@@ -57,6 +57,12 @@ class BaseHandler:
         return str(replies.INTERNAL_ERROR)
 
     @staticmethod
+    def accept(envelope, address: str, rcpt_options: list[str]) -> str:
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    @staticmethod
     def address(text: str):
         try:
             return parse_address(text)

@@ -80,9 +80,7 @@ class InboundHandler(BaseHandler):
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
         if self.address(address) is None:
             return str(replies.BAD_ADDRESS)
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
+        return self.accept(envelope, address, rcpt_options)
 
     async def handle_DATA(self, server, session, envelope) -> str:
         started = time.monotonic()

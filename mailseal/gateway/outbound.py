@@ -80,9 +80,7 @@ class OutboundHandler(BaseHandler):
         if not hasattr(envelope, "decisions"):
             envelope.decisions = {}
         envelope.decisions[address] = decision
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
+        return self.accept(envelope, address, rcpt_options)
 
     async def handle_DATA(self, server, session, envelope) -> str:
         started = time.monotonic()

@@ -219,10 +219,15 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
                 log.error("worker %d failed: %s", index, exc)
             finally:
                 os._exit(code)
+        children[pid] = index  # known at once: a SIGTERM from now on reaches it
         os.close(write_fd)
         os.read(read_fd, 1)  # the worker listens (or has died)
         os.close(read_fd)
-        children[pid] = index
+        if stopping:  # asked to stop while this worker was starting
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def forward(sig: int, _frame=None) -> None:
         nonlocal stopping
