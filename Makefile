@@ -55,8 +55,9 @@ test: test-venv debian-packages
 	$(PY) -m pytest -q
 
 bench: DEBIAN_PACKAGES = $(DEBIAN_BENCH_PACKAGES)
+# BENCH_ARGS=--quick for a smoke run; the README's figures are full runs.
 bench: $(VENV)/.installed-bench debian-packages
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) bench/results run

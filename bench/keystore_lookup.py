@@ -45,7 +45,10 @@ def per_call_us(fn, args_list, rounds: int = 7) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="10,000 keys (a smoke check)")
     args = parser.parse_args()
+    if args.quick:
+        args.keys = 10_000
     work = Path(tempfile.mkdtemp(prefix="mailseal-ksbench-"))
     store = SQLiteKeyStore(work / "ks.sqlite3", MasterKeySource(file=work / "master.key"), actor="bench")
     domains = [f"d{i}.test" for i in range(1000)]
