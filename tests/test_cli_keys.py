@@ -203,6 +203,8 @@ def test_cli_writer_and_daemon_reader_at_once(tmp_path, cfg):
         for i in range(8):
             ok(ms(cfg, "keys", "import", f"u{i}@x.test", str(age.generate().recipient())))
             ok(ms(cfg, "keys", "revoke", f"u{i}@x.test"))
+        ok(ms(cfg, "keys", "import", "u0@x.test", str(age.generate().recipient())))  # one stays usable
+        time.sleep(0.5)
     finally:
         (cfg.parent / "state" / "stop").touch()
         out, err = reader.communicate(timeout=60)
