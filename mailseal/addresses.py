@@ -91,10 +91,6 @@ def parse_owner(text: str) -> str:
     return parse_address(text).owner
 
 
-def is_domain(owner: str) -> bool:
-    return owner.startswith("@")
-
-
 def lookup_order(address: Address, parent_domains: bool = False) -> list[str]:
     """The owners to try for an address, most specific first.
 

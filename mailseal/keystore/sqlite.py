@@ -318,16 +318,6 @@ class SQLiteKeyStore:
             out.append(identity)
         return tuple(out)
 
-    def all_identities(self) -> list[age.Identity]:
-        """Every local identity (the inbound filter tries them all when needed)."""
-        with _sqlite_errors(self.path):
-            owners = [r[0] for r in self._db.execute("SELECT DISTINCT owner FROM keys WHERE scope = 'local'")]
-        out: list[age.Identity] = []
-        for owner in owners:
-            local, _, domain = owner.partition("@")
-            out.extend(i for i in self.identities_for(Address(local or "postmaster", domain)) if i not in out)
-        return out
-
     def policy_for(self, address: Address) -> tuple[str, str] | None:
         """(owner, policy) of the most specific policy set for the address, if any."""
         return self._cached(("policy", address), lambda: self._policy_for(address))
