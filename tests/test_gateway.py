@@ -322,19 +322,24 @@ def test_oversize_mail_is_refused_with_552_534(tmp_path):
             d.stop()
 
 
+def _start_data(sock: socket.socket, rcpt: str):
+    """A raw session up to the 354, with MAIL, RCPT and DATA pipelined."""
+    f = sock.makefile("rwb")
+    f.readline()
+    f.write(b"EHLO c.test\r\n")
+    f.flush()
+    while not f.readline().startswith(b"250 "):
+        pass
+    f.write(f"MAIL FROM:<a@a.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+    f.flush()
+    assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    return f
+
+
 def test_long_lines_and_pipelined_quit(world):
     long_line = b"From: a@a.test\r\nTo: internal@b.test\r\n\r\n" + b"y" * 5000 + b"\r\n"
     with socket.create_connection(("127.0.0.1", world["a"].outbound_port)) as s:
-        f = s.makefile("rwb")
-        f.readline()
-        for line in (b"EHLO c.test\r\n",):
-            f.write(line)
-            f.flush()
-        while not f.readline().startswith(b"250 "):
-            pass
-        f.write(b"MAIL FROM:<a@a.test>\r\nRCPT TO:<internal@b.test>\r\nDATA\r\n")
-        f.flush()
-        assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        f = _start_data(s, "internal@b.test")
         f.write(long_line + b".\r\nQUIT\r\n")  # QUIT pipelined after the final dot
         f.flush()
         assert f.readline().startswith(b"250 ")
@@ -398,15 +403,7 @@ def test_sigkill_during_data_never_answers_250(tmp_path):
         d = Daemon(tmp_path / "killed", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
         d.start()
         s = socket.create_connection(("127.0.0.1", d.outbound_port))
-        f = s.makefile("rwb")
-        f.readline()
-        f.write(b"EHLO c.test\r\n")
-        f.flush()
-        while not f.readline().startswith(b"250 "):
-            pass
-        f.write(b"MAIL FROM:<a@a.test>\r\nRCPT TO:<x@x.test>\r\nDATA\r\n")
-        f.flush()
-        assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        f = _start_data(s, "x@x.test")
         f.write(b"Subject: half\r\n\r\n" + b"z" * 100_000)
         f.flush()
         d.kill()

@@ -118,10 +118,13 @@ class InboundHandler(BaseHandler):
             parts = message = None
             envelope.content = envelope.original_content = None
         if refused and not self.lmtp(server):
-            # One SMTP reply for all: a replay for one recipient refuses the lot.
+            # One SMTP reply for all: a refusal for one recipient refuses the
+            # lot. A temporary one (cache down) wins, so the MTA retries and
+            # nothing is refused for good on a passing fault.
             for rcpt in claimed:
                 self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
-            refusal = next(iter(refused.values()))
+            refusals = list(refused.values())
+            refusal = next((r for r in refusals if r.reply.temporary), refusals[0])
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
             self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
@@ -133,7 +136,14 @@ class InboundHandler(BaseHandler):
             pieces = delivered_pieces(opened.chunks, trace)
             # Declared 8BITMIME whatever the content: harmless for 7-bit
             # mail, and no pass over a large message to find out.
-            delivered = await self._deliver(envelope, session, claimed, pieces, smtputf8, True)
+            try:
+                delivered = await self._deliver(envelope, session, claimed, pieces, smtputf8, True)
+            except BaseException:
+                # An unexpected failure answers 451: the retry must not meet
+                # its own claim and be refused as a replay.
+                for rcpt in claimed:
+                    self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
+                raise
             for rcpt, reply in delivered.items():
                 if not reply.ok:  # so the MTA's retry is not taken for a replay
                     self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
