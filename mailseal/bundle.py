@@ -64,6 +64,9 @@ class Opened:
     date: int  # authenticated sealing time, Unix seconds
     serial: str  # authenticated 128-bit serial, 32 lowercase hex digits
     identity: Identity = field(repr=False)  # the local key that opened it
+    # The age header MAC, hex: what a forger who saw the serial cannot
+    # reproduce, so replay claims are keyed on it too.
+    tag: str = ""
 
     @property
     def message(self) -> bytes:
@@ -311,7 +314,7 @@ def open_parts(parts: tuple[_Part, _Part], identities: Sequence[Identity]) -> Op
     if received < age.NONCE_SIZE:
         raise MalformedBundle("bad ciphertext part: too short")
     chunks.append(decryptor.finish())
-    return Opened(chunks, date, serial, identity)
+    return Opened(chunks, date, serial, identity, header.mac.hex())
 
 
 def age_file(message: bytes) -> bytes:
