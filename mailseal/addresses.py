@@ -2,15 +2,25 @@
 
 Addresses are checked with email-validator, without DNS. Special-use and
 internal domains (`.test`, `.internal`, `.lan`) are accepted: a gateway
-serves them. The stored form ("owner") of an address is its local part
-(NFC-normalised, case kept: RFC 5321 local parts are case-sensitive) and its
-domain in lowercase ASCII (IDNA), so `jörg@exämple.org` and
-`jörg@xn--exmple-cua.org` are the same owner. A whole domain is `@domain`.
+serves them.
+
+The canonical form ("owner") is the one spelling used for every lookup,
+binding and stored row: the domain in lower-case ASCII (IDNA), the local part
+case-folded as Postfix folds it for table lookups: ASCII lower case for an
+ASCII local part, Unicode full case folding (`str.casefold`) then NFC for a
+UTF-8 one. So `CEO@B.test`, `ceo@b.TEST` and `Ceo@b.test` are one owner, and
+`Jörg@Exämple.org` and `jörg@xn--exmple-cua.org` are another. A `+tag`
+subaddress stays in the owner (it may have keys or a policy of its own);
+`Address.mailbox` is the owner without it. A whole domain is `@domain`.
+RFC 5321 lets a server treat local parts case-sensitively; no mail system in
+use does, and treating `CEO@` and `ceo@` as different people would let a
+sender's capitalisation choose the policy.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,14 +31,28 @@ class AddressError(ValueError):
     """Not a usable mail address or @domain."""
 
 
+def fold_local(local: str) -> str:
+    """A local part in canonical form (see the module docstring)."""
+    if local.isascii():
+        return local.lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).casefold())
+
+
 @dataclass(frozen=True)
 class Address:
-    local: str
-    domain: str  # lowercase ASCII (IDNA) form
+    local: str  # canonical: case-folded (fold_local)
+    domain: str  # canonical: lower-case ASCII (IDNA)
 
     @property
     def owner(self) -> str:
+        """The canonical address, `+tag` kept: keys, policies and bindings use it."""
         return f"{self.local}@{self.domain}"
+
+    @property
+    def mailbox(self) -> str:
+        """The owner without its `+tag` subaddress (`bob+x@b.test` -> `bob@b.test`)."""
+        base, plus, _tag = self.local.partition("+")
+        return f"{base}@{self.domain}" if plus and base else self.owner
 
     def __str__(self) -> str:
         return self.owner
@@ -69,7 +93,7 @@ def _everyday(text: str) -> Address | None:
     domain = match.group(2).lower()
     if domain.rsplit(".", 1)[1] in _SPECIAL_USE or len(domain) > 253:
         return None
-    return Address(match.group(1), domain)
+    return Address(match.group(1).lower(), domain)
 
 
 @lru_cache(maxsize=1 << 16)  # the same addresses come again and again in a mail flow
@@ -80,11 +104,11 @@ def _parse_address(text: str) -> Address:
     if quick is not None:
         return quick
     result = _validate(text)
-    return Address(result.local_part, result.ascii_domain.lower())
+    return Address(fold_local(result.local_part), result.ascii_domain.lower())
 
 
 def parse_owner(text: str) -> str:
-    """An address or `@domain`, in stored form."""
+    """An address or `@domain`, in canonical (stored) form."""
     text = text.strip()
     if text.startswith("@"):
         return "@" + parse_address("postmaster" + text).domain
@@ -101,9 +125,8 @@ def lookup_order(address: Address, parent_domains: bool = False) -> list[str]:
        bare top-level domain.
     """
     order = [address.owner]
-    base, plus, _tag = address.local.partition("+")
-    if plus and base:
-        order.append(f"{base}@{address.domain}")
+    if address.mailbox != address.owner:
+        order.append(address.mailbox)
     order.append("@" + address.domain)
     if parent_domains:
         labels = address.domain.split(".")

@@ -2,15 +2,23 @@ from __future__ import annotations
 
 import pytest
 
-from mailseal.addresses import AddressError, lookup_order, parse_address, parse_owner
+from mailseal.addresses import AddressError, fold_local, lookup_order, parse_address, parse_owner
 
 
 @pytest.mark.parametrize("text, owner", [
     ("bob@Example.ORG", "bob@example.org"),
     ("<bob@example.org>", "bob@example.org"),
-    ("Bob@example.org", "Bob@example.org"),  # local parts are case-sensitive
+    ("Bob@example.org", "bob@example.org"),  # local parts are folded, as Postfix looks them up
+    ("CEO@B.TEST", "ceo@b.test"),
+    ("Ceo@B.Test", "ceo@b.test"),
+    ("Bob+Lists@B.test", "bob+lists@b.test"),  # the +tag is kept, folded too
     ("jörg@exämple.org", "jörg@xn--exmple-cua.org"),
     ("jörg@xn--exmple-cua.org", "jörg@xn--exmple-cua.org"),
+    ("JÖRG@EXÄMPLE.ORG", "jörg@xn--exmple-cua.org"),
+    ("Jörg@XN--EXMPLE-CUA.org", "jörg@xn--exmple-cua.org"),
+    ("jo\u0308rg@exämple.org", "jörg@xn--exmple-cua.org"),  # decomposed umlaut: NFC
+    ("STRASSE@x.test", "strasse@x.test"),
+    ("Straße@x.test", "strasse@x.test"),  # full case folding, as str.casefold
     ("a@b.test", "a@b.test"),
     ("a@host.internal", "a@host.internal"),
     ("a@host.lan", "a@host.lan"),
@@ -25,6 +33,22 @@ def test_normalisation(text, owner):
 def test_invalid_addresses(text):
     with pytest.raises(AddressError):
         parse_owner(text)
+
+
+def test_owner_and_mailbox_are_canonical_for_every_spelling():
+    spellings = ["CEO+Board@B.TEST", "ceo+board@b.test", "Ceo+BOARD@B.Test", "<cEO+board@b.tEST>"]
+    assert {parse_address(s).owner for s in spellings} == {"ceo+board@b.test"}
+    assert {parse_address(s).mailbox for s in spellings} == {"ceo@b.test"}
+    assert parse_address("Bob@B.test").mailbox == "bob@b.test"
+    assert parse_address("+x@a.test").mailbox == "+x@a.test"  # "+" at the start is no subaddress
+    # the same canonical address is one value (the keystore caches lookups by it)
+    assert parse_address("CEO@b.test") == parse_address("ceo@B.TEST")
+
+
+def test_fold_local():
+    assert fold_local("MiXeD.Case+Tag") == "mixed.case+tag"
+    assert fold_local("ÅSA") == "åsa" and fold_local("ÅSA") == fold_local("A\u030asa")
+    assert fold_local("ΣΊΣΥΦΟΣ") == fold_local("σίσυφος")
 
 
 def test_lookup_order():
@@ -50,13 +74,13 @@ def test_fast_path_agrees_with_email_validator():
             result = addresses._validate(text)
         except AddressError:
             return None
-        return f"{result.local_part}@{result.ascii_domain.lower()}"
+        return f"{fold_local(result.local_part)}@{result.ascii_domain.lower()}"
 
     def fast(text):
         quick = addresses._everyday(text)
         return quick.owner if quick else None
 
-    pieces = ["a", "B", "0", ".", "-", "+", "_", "x", "!", "'", "..", "@", "é", " ", "~", "9z"]
+    pieces = ["a", "B", "Q", "0", ".", "-", "+", "_", "x", "!", "'", "..", "@", "é", " ", "~", "9z"]
     rng = random.Random(7)
     samples = ["bob@example.org", "Bob.Smith+tag@Sub.Example.ORG", "a@b.c0", "a@localhost.local", "a@x.onion",
                "a..b@x.test", ".a@x.test", "a.@x.test", "a@-x.test", "a@x-.test", "a@x.t", "x" * 65 + "@a.test",

@@ -109,8 +109,10 @@ class OutboundHandler(BaseHandler):
                 copies = [policy.Copy(tuple(todo), sealed=False)]
                 summary = "already-encrypted"
             else:
-                # Who the headers name only matters when several are sealed.
-                named = header_recipients(message) if len(sealing) > 1 else set()
+                # Who the headers name only matters when several are sealed;
+                # envelope and header spellings are compared canonically.
+                owners = header_recipients(message) if len(sealing) > 1 else set()
+                named = [r for r in sealing if self.address(r).owner in owners]
                 copies = policy.plan_copies(todo, named)
                 summary = "+".join(sorted({c.kind for c in copies}))
             results = await asyncio.gather(*(self._send(c, envelope, session, message) for c in copies))

@@ -1,8 +1,10 @@
 """The keystore: local identities, remote recipients, policies, audit log.
 
+Owners are stored in canonical form (mailseal.addresses: domain in lower-case
+IDNA ASCII, local part case-folded), whatever spelling a caller passes.
 Lookup rules (mailseal.addresses.lookup_order), one place for all of them:
-the exact address (domain compared case-insensitively, IDN domains in ASCII
-form), then the address without its `+tag`, then `@domain`, then parent
+the exact canonical address, then the address without its `+tag`, then
+`@domain`, then parent
 domains when `parent_domains = true`. For sealing, the most specific owner
 that has a usable (not revoked, not expired) key wins; for opening, every
 identity of every matching owner is tried, rotated-out ones included.

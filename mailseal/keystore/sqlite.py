@@ -19,15 +19,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .. import age
-from ..addresses import Address, lookup_order
-from . import audit, masterkey
+from ..addresses import Address, AddressError, lookup_order, parse_owner
+from . import audit, canonical, masterkey
 from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable
 from .fingerprint import fingerprint, looks_like_fingerprint, normalise
 from .records import LOCAL, REMOTE, KeyRecord, kind_of
 
 POLICIES = ("require", "opportunistic", "plain")
 
+
+def _canonical_owners(store: SQLiteKeyStore) -> None:
+    canonical.canonicalise_owners(store._db, store._reseal, store._audit)
+
+
 # Each entry moves the schema one version up; never edit a released one.
+# An entry is SQL, or a function of the store run inside the same transaction.
 MIGRATIONS = [
     """
     CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -71,6 +77,7 @@ MIGRATIONS = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    _canonical_owners,  # 2: owners in canonical form (keystore/canonical.py)
 ]
 
 _COLUMNS = ("id, scope, owner, kind, recipient, fingerprint, label, source, created, expires, "
@@ -80,6 +87,14 @@ _COLUMNS = ("id, scope, owner, kind, recipient, fingerprint, label, source, crea
 def _identity_context(owner: str, recipient: str) -> bytes:
     # Binds a sealed private key to its row: moving it to another owner fails.
     return b"mailseal identity v1\x00" + owner.encode() + b"\x00" + recipient.encode()
+
+
+def _owner(text: str) -> str:
+    """An owner (address or @domain) in canonical form, whatever spelling the caller used."""
+    try:
+        return parse_owner(text)
+    except AddressError as exc:
+        raise KeystoreError(str(exc)) from None
 
 
 def default_actor() -> str:
@@ -182,8 +197,14 @@ class SQLiteKeyStore:
                 raise StoreUnavailable(f"{self.path} is an SQLite file but not a mailseal keystore")
         if version < len(MIGRATIONS):
             with self._write():
+                # Again under the write lock: another process may have migrated meanwhile.
+                version = db.execute("PRAGMA user_version").fetchone()[0]
                 for number in range(version, len(MIGRATIONS)):
-                    for statement in _statements(MIGRATIONS[number]):
+                    step = MIGRATIONS[number]
+                    if callable(step):
+                        step(self)
+                        continue
+                    for statement in _statements(step):
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
         if creating:
@@ -233,6 +254,16 @@ class SQLiteKeyStore:
                 raise
             self._db.execute("COMMIT")
             self._lookups.clear()  # data_version only counts other connections' commits
+
+    def _reseal(self, old_owner: str, new_owner: str, recipient: str, secret: bytes) -> bytes:
+        """A sealed identity moved to another owner (its sealed form binds the owner)."""
+        try:
+            master = self.master()
+            plain = master.open(secret, _identity_context(old_owner, recipient))
+        except MasterKeyError as exc:
+            raise MasterKeyError(f"keystore {self.path}: moving the local key of {old_owner} to its canonical "
+                                 f"owner {new_owner} needs the master key: {exc}") from None
+        return master.seal(plain, _identity_context(new_owner, recipient))
 
     def _audit(self, action: str, subject: str, detail: dict) -> None:
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -341,7 +372,7 @@ class SQLiteKeyStore:
         """Keys named by a fingerprint, or every key of an owner (address or @domain)."""
         if looks_like_fingerprint(target) and "@" not in target:
             return self._records("fingerprint = ?", (normalise(target),))
-        return self._records("owner = ?", (target,))
+        return self._records("owner = ?", (_owner(target),))
 
     def _insert(self, scope: str, owner: str, recipient: str, kind: str, secret: bytes | None,
                 label: str, source: str, expires: int | None) -> KeyRecord:
@@ -368,6 +399,7 @@ class SQLiteKeyStore:
     def generate(self, owner: str, *, classic: bool = False, label: str = "",
                  expires: int | None = None) -> KeyRecord:
         """A new local identity for owner (post-quantum hybrid unless classic)."""
+        owner = _owner(owner)
         self.master()
         with self._write():
             return self._new_identity(owner, classic, label, "generated", expires)
@@ -375,18 +407,21 @@ class SQLiteKeyStore:
     def import_recipient(self, owner: str, recipient: age.Recipient, *, label: str = "",
                          source: str = "imported", expires: int | None = None) -> KeyRecord:
         """A public key to seal owner's mail to."""
+        owner = _owner(owner)
         with self._write():
             return self._insert(REMOTE, owner, str(recipient), kind_of(recipient), None, label, source, expires)
 
     def import_many(self, keys: list[tuple[str, age.Recipient, int | None]], *,
                     label: str = "", source: str = "imported") -> list[KeyRecord]:
         """Several (owner, recipient, expires) in one transaction: all are imported, or none."""
+        keys = [(_owner(owner), r, exp) for owner, r, exp in keys]
         with self._write():
             return [self._insert(REMOTE, owner, str(r), kind_of(r), None, label, source, exp)
                     for owner, r, exp in keys]
 
     def export(self, owner: str) -> list[KeyRecord]:
         """The current public keys of owner's local identities (for partners to import)."""
+        owner = _owner(owner)
         now = int(self._clock())
         records = [r for r in self._records("scope = 'local' AND owner = ?", (owner,)) if r.status(now) == "active"]
         if not records:
@@ -411,6 +446,7 @@ class SQLiteKeyStore:
 
     def rotate(self, owner: str) -> tuple[KeyRecord, list[KeyRecord]]:
         """A new local identity of the same kind; the old ones retire but keep opening mail."""
+        owner = _owner(owner)
         self.master()
         with self._write():
             current = [r for r in self._records("scope = 'local' AND owner = ?", (owner,))
@@ -439,6 +475,7 @@ class SQLiteKeyStore:
     def set_policy(self, owner: str, policy: str) -> None:
         if policy not in POLICIES:
             raise KeystoreError(f"policy must be one of {', '.join(POLICIES)}")
+        owner = _owner(owner)
         with self._write():
             self._db.execute("INSERT INTO policies VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
                              "SET policy = excluded.policy, updated = excluded.updated",
@@ -446,6 +483,7 @@ class SQLiteKeyStore:
             self._audit("policy.set", owner, {"policy": policy})
 
     def unset_policy(self, owner: str) -> None:
+        owner = _owner(owner)
         with self._write():
             if not self._db.execute("DELETE FROM policies WHERE owner = ?", (owner,)).rowcount:
                 raise NotFound(f"no policy is set for {owner}")
