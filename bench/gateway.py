@@ -183,7 +183,7 @@ def main() -> int:
                 files[name] = work / f"{label}-{name}.eml"
                 files[name].write_bytes(message(size, to).replace(b"\r\n", b"\n"))
             files["sealed"] = work / f"{label}-sealed.eml"
-            files["sealed"].write_bytes(bundle.seal(message(size, ["bob@b.test"]), [domain_key]).replace(b"\r\n", b"\n"))
+            files["sealed"].write_bytes(bundle.seal(message(size, ["bob@b.test"]), [domain_key], bind=["bob@b.test"]).replace(b"\r\n", b"\n"))
             scenarios = {
                 "ceiling": (None, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "baseline": ("baseline", lambda port: run.source(port, files["one"], count, to="bob@b.test")),

@@ -54,7 +54,7 @@ def main() -> int:
 
         big = gw.message(50_000_000, ["bob@b.test"])
         (work / "big.eml").write_bytes(big.replace(b"\r\n", b"\n"))
-        (work / "big-sealed.eml").write_bytes(bundle.seal(big, [key]).replace(b"\r\n", b"\n"))
+        (work / "big-sealed.eml").write_bytes(bundle.seal(big, [key], bind=["bob@b.test"]).replace(b"\r\n", b"\n"))
         ten = gw.message(10_000_000, ["bob@b.test"])
         (work / "ten.eml").write_bytes(ten.replace(b"\r\n", b"\n"))
 

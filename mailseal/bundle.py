@@ -6,6 +6,9 @@ with the visible Mailseal-Date and Mailseal-Serial; part 2
 the whole original message, restored byte for byte on opening. Date and
 serial also travel in an extra stanza inside the age header, where the header
 MAC authenticates them; opening refuses a bundle whose visible copies differ.
+Version 2 also binds the copy's envelope recipients into the header (a MAC of
+each canonical address under a key derived from the file key), so the opener
+delivers the plaintext only to the recipients the sender sealed it for.
 
 No SMTP and no SQL here: bytes in, bytes out. docs/FORMAT.md is the spec.
 """
@@ -13,6 +16,8 @@ No SMTP and no SQL here: bytes in, bytes out. docs/FORMAT.md is the spec.
 from __future__ import annotations
 
 import calendar
+import hashlib
+import hmac
 import io
 import os
 import re
@@ -22,12 +27,22 @@ from datetime import timezone
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from . import age, mime
 from .age import Identity, Recipient, Stanza
 
 KEYBLOB_TYPE = "application/vnd.mailseal.keyblob"
 PAYLOAD_TYPE = "application/octet-stream"
-REPLAY_STANZA = "mailseal.org/v1/replay"
+REPLAY_STANZA = "mailseal.org/v2/replay"
+BIND_STANZA = "mailseal.org/v2/bind"
+V1_REPLAY_STANZA = "mailseal.org/v1/replay"  # version 1: opened for one more release
+BIND_INFO = b"mailseal.org/v2/bind"
+BIND_TAG_SIZE = 16
+# More recipient stanzas than this is an attack on the opener's CPU (every
+# stanza is tried with every local identity), not a mail: refused unopened.
+MAX_STANZAS = 1024
 DATE_HEADER = "Mailseal-Date"
 SERIAL_HEADER = "Mailseal-Serial"
 OUTER_SUBJECT = b"[...]"
@@ -58,6 +73,10 @@ class BundleMismatch(age.AuthenticationError):
     """The visible Mailseal-Date or Mailseal-Serial differs from the authenticated one."""
 
 
+class NotBound(BundleError):
+    """The bundle is genuine, but the sender did not seal it for this recipient."""
+
+
 @dataclass(frozen=True)
 class Opened:
     chunks: list[bytes] = field(repr=False)  # the original message, in pieces
@@ -67,6 +86,11 @@ class Opened:
     # The age header MAC, hex: what a forger who saw the serial cannot
     # reproduce, so replay claims are keyed on it too.
     tag: str = ""
+    binding: Binding | None = field(default=None, repr=False)  # None: version 1, unbound
+
+    @property
+    def version(self) -> int:
+        return 1 if self.binding is None else 2
 
     @property
     def message(self) -> bytes:
@@ -77,8 +101,35 @@ class Opened:
         return sum(map(len, self.chunks))
 
 
-def replay_stanza(date: int, serial: str) -> Stanza:
-    return Stanza(REPLAY_STANZA, (str(date), serial), b"")
+def replay_stanza(date: int, serial: str, version: int = 2) -> Stanza:
+    return Stanza(REPLAY_STANZA if version == 2 else V1_REPLAY_STANZA, (str(date), serial), b"")
+
+
+def _bind_key(file_key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=BIND_INFO).derive(file_key)
+
+
+def _bind_tag(key: bytes, address: str) -> bytes:
+    return hmac.new(key, address.encode("utf-8"), hashlib.sha256).digest()[:BIND_TAG_SIZE]
+
+
+def bind_stanza(file_key: bytes, addresses: Sequence[str]) -> Stanza:
+    """The recipient binding: a MAC of each canonical address, sorted, so
+    an observer learns only how many there are, never who or in what order."""
+    key = _bind_key(file_key)
+    return Stanza(BIND_STANZA, (), b"".join(sorted({_bind_tag(key, a) for a in addresses})))
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The authenticated set of recipients a version 2 bundle is sealed for."""
+
+    key: bytes = field(repr=False)
+    tags: frozenset[bytes] = field(repr=False)
+
+    def covers(self, address: str) -> bool:
+        """True when `address` (canonical form) is one the sender bound."""
+        return _bind_tag(self.key, address) in self.tags
 
 
 def _outer_headers(message: bytes, eol: bytes, date: int) -> bytes:
@@ -112,17 +163,29 @@ def write_sealed(
     now: float | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     eol: bytes | None = None,
+    bind: Sequence[str] = (),
+    version: int = 2,
 ) -> tuple[int, str]:
     """Seal message for recipients, writing the bundle to out as it is made.
 
-    Returns (date, serial). The bundle's line ending is `eol`, or the
-    message's own when None (a file sealed by hand stays LF; the gateway
-    always asks for CRLF, as SMTP does). `now` and `rng` are test hooks: the
-    sealing time in Unix seconds and the source of randomness.
+    Returns (date, serial). `bind` lists the envelope recipients (canonical
+    addresses) the copy is for: a gateway opens it only for them, so a copy
+    with none bound opens only by hand (`mailseal open`). The bundle's line
+    ending is `eol`, or the message's own when None (a file sealed by hand
+    stays LF; the gateway always asks for CRLF, as SMTP does). `now` and
+    `rng` are test hooks: the sealing time in Unix seconds and the source of
+    randomness; `version=1` writes the previous format, for tests only.
     """
     date = int(time.time() if now is None else now)
     serial = rng(16).hex()
-    file_key, age_header = age.encrypt_header(recipients, [replay_stanza(date, serial)], rng)
+    age.check_recipients(recipients)
+    file_key = rng(age.FILE_KEY_SIZE)
+    stanzas = [r.wrap(file_key, rng) for r in recipients] + [replay_stanza(date, serial, version)]
+    if version == 2:
+        stanzas.append(bind_stanza(file_key, bind))
+    elif version != 1 or bind:
+        raise ValueError("version 1 bundles have no recipient binding")
+    age_header = age.encode_header(stanzas, file_key)
     boundary = b"=_mailseal_" + rng(12).hex().encode()
     eol = eol or mime.line_ending(message)
 
@@ -164,10 +227,12 @@ def seal(
     now: float | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     eol: bytes | None = None,
+    bind: Sequence[str] = (),
+    version: int = 2,
 ) -> bytes:
     """Seal message for recipients and return the whole bundle."""
     buffer = io.BytesIO()
-    write_sealed(message, recipients, buffer, now=now, rng=rng, eol=eol)
+    write_sealed(message, recipients, buffer, now=now, rng=rng, eol=eol, bind=bind, version=version)
     return buffer.getvalue()
 
 
@@ -259,32 +324,78 @@ def _visible(part: _Part) -> tuple[int, str]:
     return date, str(serial_text).strip().lower()
 
 
-def _authenticated(header: age.Header) -> tuple[int, str]:
-    found = [s for s in header.stanzas if s.type == REPLAY_STANZA]
-    if len(found) != 1:
+def _authenticated(header: age.Header) -> tuple[int, str, frozenset[bytes] | None]:
+    """(date, serial, bind tags) from a header whose MAC verified.
+
+    Version 2 has exactly one v2 replay stanza and one bind stanza; version 1
+    exactly one v1 replay stanza and no bind stanza (tags None). Anything
+    else is malformed.
+    """
+    replay = [s for s in header.stanzas if s.type in (REPLAY_STANZA, V1_REPLAY_STANZA)]
+    binds = [s for s in header.stanzas if s.type == BIND_STANZA]
+    if len(replay) != 1:
         raise MalformedBundle("the age header must carry exactly one replay stanza")
-    stanza = found[0]
+    stanza = replay[0]
     if len(stanza.args) != 2 or stanza.body:
         raise MalformedBundle("malformed replay stanza")
     date, serial = stanza.args
     if not _UNIX_RE.fullmatch(date) or not _SERIAL_RE.fullmatch(serial):
         raise MalformedBundle("malformed replay stanza")
-    return int(date), serial
+    if stanza.type == V1_REPLAY_STANZA:
+        if binds:
+            raise MalformedBundle("a version 1 bundle has no bind stanza")
+        return int(date), serial, None
+    if len(binds) != 1 or binds[0].args or len(binds[0].body) % BIND_TAG_SIZE:
+        raise MalformedBundle("a version 2 bundle must carry exactly one well-formed bind stanza")
+    body = binds[0].body
+    tags = frozenset(body[i : i + BIND_TAG_SIZE] for i in range(0, len(body), BIND_TAG_SIZE))
+    return int(date), serial, tags
 
 
-def open_sealed(message: bytes, identities: Sequence[Identity]) -> Opened:
-    """Open a bundle: unwrap, authenticate, check Date/serial, decrypt.
+@dataclass(frozen=True)
+class KeyBlob:
+    """Part 1 of a bundle, parsed but not yet opened: the age header and the
+    visible date and serial. Opening is split in steps so a gateway can try
+    each recipient's own identities, then decrypt the payload once."""
 
-    Raises NotSealed, MalformedBundle, age.NoIdentityMatch or
-    age.AuthenticationError (BundleMismatch for differing visible copies).
-    Nothing of the plaintext is returned unless all of it authenticated.
+    header: age.Header
+    visible: tuple[int, str]
+
+    @property
+    def recipient_stanzas(self) -> int:
+        return sum(1 for s in self.header.stanzas if not s.type.startswith("mailseal.org/"))
+
+    def unwrap(self, identities: Sequence[Identity]) -> tuple[bytes, Identity]:
+        """(file key, identity) for the first identity that opens a stanza.
+
+        Raises age.NoIdentityMatch, age.AuthenticationError (MAC), or
+        MalformedBundle (a stanza of one of our types that is malformed).
+        """
+        try:
+            return age.unwrap(self.header, identities)
+        except age.HeaderError as exc:
+            raise MalformedBundle(f"bad key blob: {exc}") from None
+
+    def authenticate(self, file_key: bytes) -> tuple[int, str, Binding | None]:
+        """Date, serial and binding after unwrap() found the file key.
+
+        Raises MalformedBundle or BundleMismatch (visible copies differ).
+        """
+        date, serial, tags = _authenticated(self.header)
+        binding = None if tags is None else Binding(_bind_key(file_key), tags)
+        if self.visible != (date, serial):
+            raise BundleMismatch(
+                f"the visible {DATE_HEADER}/{SERIAL_HEADER} differ from the authenticated ones"
+            )
+        return date, serial, binding
+
+
+def read_keyblob(parts: tuple[_Part, _Part]) -> KeyBlob:
+    """Decode and parse part 1; cheap, and bounded whatever the input.
+
+    Raises MalformedBundle (also for more than MAX_STANZAS stanzas).
     """
-    return open_parts(_parts(message), identities)
-
-
-def open_parts(parts: tuple[_Part, _Part], identities: Sequence[Identity]) -> Opened:
-    """open_sealed for parts that split() already found."""
-    keyblob, payload = parts
+    keyblob, _ = parts
     try:
         age_header = b"".join(mime.decode_base64(keyblob.body))
         header = age.parse_header(age_header)
@@ -292,21 +403,22 @@ def open_parts(parts: tuple[_Part, _Part], identities: Sequence[Identity]) -> Op
         raise MalformedBundle(f"bad key blob: {exc}") from None
     if header.size != len(age_header):
         raise MalformedBundle("bad key blob: data after the age header")
-    visible = _visible(keyblob)
-    try:
-        file_key, identity = age.unwrap(header, identities)
-    except age.HeaderError as exc:
-        raise MalformedBundle(f"bad key blob: {exc}") from None
-    date, serial = _authenticated(header)
-    if visible != (date, serial):
-        raise BundleMismatch(
-            f"the visible {DATE_HEADER}/{SERIAL_HEADER} differ from the authenticated ones"
-        )
+    if len(header.stanzas) > MAX_STANZAS:
+        raise MalformedBundle(f"bad key blob: more than {MAX_STANZAS} stanzas")
+    return KeyBlob(header, _visible(keyblob))
+
+
+def decrypt_parts(parts: tuple[_Part, _Part], blob: KeyBlob, file_key: bytes, identity: Identity) -> Opened:
+    """Authenticate date, serial and binding, and decrypt part 2 whole.
+
+    Nothing of the plaintext is returned unless all of it authenticated.
+    """
+    date, serial, binding = blob.authenticate(file_key)
     decryptor = age.PayloadDecryptor(file_key)
     chunks: list[bytes] = []
     received = 0
     try:
-        for piece in mime.decode_base64(payload.body):
+        for piece in mime.decode_base64(parts[1].body):
             received += len(piece)
             chunks.extend(decryptor.update(piece))
     except mime.MimeError as exc:
@@ -314,7 +426,30 @@ def open_parts(parts: tuple[_Part, _Part], identities: Sequence[Identity]) -> Op
     if received < age.NONCE_SIZE:
         raise MalformedBundle("bad ciphertext part: too short")
     chunks.append(decryptor.finish())
-    return Opened(chunks, date, serial, identity, header.mac.hex())
+    return Opened(chunks, date, serial, identity, blob.header.mac.hex(), binding)
+
+
+def open_sealed(message: bytes, identities: Sequence[Identity], recipient: str | None = None) -> Opened:
+    """Open a bundle: unwrap, authenticate, check Date/serial and binding, decrypt.
+
+    With `recipient` (a canonical address), a version 2 bundle must be bound
+    to it (NotBound otherwise); a version 1 bundle has no binding to check.
+    Raises NotSealed, MalformedBundle, NotBound, age.NoIdentityMatch or
+    age.AuthenticationError (BundleMismatch for differing visible copies).
+    Nothing of the plaintext is returned unless all of it authenticated.
+    """
+    return open_parts(_parts(message), identities, recipient)
+
+
+def open_parts(parts: tuple[_Part, _Part], identities: Sequence[Identity], recipient: str | None = None) -> Opened:
+    """open_sealed for parts that split() already found."""
+    blob = read_keyblob(parts)
+    file_key, identity = blob.unwrap(identities)
+    if recipient is not None:
+        _, _, binding = blob.authenticate(file_key)
+        if binding is not None and not binding.covers(recipient):
+            raise NotBound(f"the sender did not seal this message for {recipient}")
+    return decrypt_parts(parts, blob, file_key, identity)
 
 
 def age_file(message: bytes) -> bytes:

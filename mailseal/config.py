@@ -63,6 +63,9 @@ class InboundConfig:
     on_failure: str
     replay_window: int  # seconds
     max_clock_skew: int  # seconds
+    # Version 1 bundles carry no recipient binding: opened (for the recipients
+    # whose own keys open them) during the transition, refused once off.
+    open_version1: bool = True
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,7 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
             on_failure=ib.choice("on_failure", "reject", ("reject", "quarantine")),
             replay_window=parse_duration(ib.get("replay_window", "7d", (str, int)), ib.where("replay_window")),
             max_clock_skew=parse_duration(ib.get("max_clock_skew", "1h", (str, int)), ib.where("max_clock_skew")),
+            open_version1=ib.get("open_version1", True, bool),
         )
         ib.check_unknown()
     return Config(source, keystore, server, outbound, inbound)

@@ -276,3 +276,80 @@ def test_line_ending_can_be_imposed(pq_identity):
     crlf = seal_for(pq_identity, lf, eol=b"\r\n")
     assert crlf.count(b"\n") == crlf.count(b"\r\n")
     assert bundle.open_sealed(crlf, [pq_identity]).message == lf
+
+
+# --- Version 2: the recipient binding -------------------------------------------
+
+def test_binding_covers_exactly_the_bound_recipients(classic_identity):
+    sealed = seal_for(classic_identity, b"x", bind=["bob@b.test", "carol@b.test"])
+    for rcpt in ("bob@b.test", "carol@b.test"):
+        assert bundle.open_sealed(sealed, [classic_identity], rcpt).message == b"x"
+    # The attacker's second RCPT, another mailbox of the same domain, a
+    # subaddress or another spelling: none is bound, none gets the plaintext.
+    for rcpt in ("eve@b.test", "bob+x@b.test", "bob@b.test.", "Bob@b.test", "carol@c.test", ""):
+        with pytest.raises(bundle.NotBound):
+            bundle.open_sealed(sealed, [classic_identity], rcpt)
+
+
+def test_binding_reveals_no_address_and_differs_per_message(classic_identity):
+    one = seal_for(classic_identity, b"x", bind=["bob@b.test"])
+    two = seal_for(classic_identity, b"x", bind=["bob@b.test"])
+    header_one, header_two = decoded_parts(one)[0], decoded_parts(two)[0]
+    assert b"bob" not in header_one
+    tag = re.search(rb"-> mailseal.org/v2/bind\n(.*)\n", header_one).group(1)
+    assert tag not in header_two  # a fresh file key: nothing links two messages to one recipient
+
+
+def test_binding_order_is_not_the_envelope_order(classic_identity):
+    rng_a, rng_b = _fixed_rng(), _fixed_rng()
+    a = seal_for(classic_identity, b"x", bind=["bob@b.test", "carol@b.test"], now=0, rng=rng_a)
+    b = seal_for(classic_identity, b"x", bind=["carol@b.test", "bob@b.test"], now=0, rng=rng_b)
+    assert a == b
+
+
+def _fixed_rng():
+    state = [0]
+
+    def rng(n: int) -> bytes:
+        state[0] += 1
+        return bytes([state[0] % 256]) * n
+
+    return rng
+
+
+def test_bundle_without_binding_opens_for_nobody_but_by_hand(classic_identity):
+    sealed = seal_for(classic_identity, b"x")
+    assert bundle.open_sealed(sealed, [classic_identity]).message == b"x"  # mailseal open
+    with pytest.raises(bundle.NotBound):
+        bundle.open_sealed(sealed, [classic_identity], "bob@b.test")
+
+
+def test_stripped_binding_is_refused(classic_identity):
+    """A co-recipient who knows the file key rebuilds the header without the
+    bind stanza (MAC recomputed): refused as malformed, never opened unbound."""
+    sealed = seal_for(classic_identity, b"x", bind=["bob@b.test"])
+    file_key = b"k" * 16
+    header = age.encode_header([classic_identity.recipient().wrap(file_key),
+                                bundle.replay_stanza(1_800_000_000, "a" * 32)], file_key)
+    payload = b"".join(age.encrypt_payload(file_key, b"x"))
+    with pytest.raises(bundle.MalformedBundle, match="bind stanza"):
+        bundle.open_sealed(rebuild(sealed, keyblob=header, payload=payload), [classic_identity], "bob@b.test")
+
+
+def test_version_1_still_opens_without_binding(classic_identity):
+    sealed = seal_for(classic_identity, b"x", version=1)
+    opened = bundle.open_sealed(sealed, [classic_identity], "bob@b.test")
+    assert (opened.message, opened.version, opened.binding) == (b"x", 1, None)
+    assert bundle.open_sealed(seal_for(classic_identity, b"x"), [classic_identity]).version == 2
+
+
+def test_too_many_stanzas_are_refused_before_any_unwrap(classic_identity):
+    file_key = b"k" * 16
+    stanzas = [age.X25519Identity.generate().recipient().wrap(file_key) for _ in range(bundle.MAX_STANZAS)]
+    stanzas += [classic_identity.recipient().wrap(file_key), bundle.replay_stanza(1_800_000_000, "a" * 32),
+                bundle.bind_stanza(file_key, ["bob@b.test"])]
+    sealed = seal_for(classic_identity, b"x")
+    header = age.encode_header(stanzas, file_key)
+    payload = b"".join(age.encrypt_payload(file_key, b"x"))
+    with pytest.raises(bundle.MalformedBundle, match="stanzas"):
+        bundle.read_keyblob(bundle.split(rebuild(sealed, keyblob=header, payload=payload)))

@@ -12,16 +12,18 @@ from mailseal import age, bundle
 from .vectors import make_vectors
 
 FILES = sorted((Path(__file__).parent / "vectors").glob("*.txt"))
-EXPECTS = {"success", "not sealed", "malformed", "no match", "tampered"}
+EXPECTS = {"success", "not sealed", "malformed", "no match", "tampered", "not bound"}
 
 
-def outcome(data: bytes, identities) -> tuple[str, bundle.Opened | None]:
+def outcome(data: bytes, identities, rcpt: str) -> tuple[str, bundle.Opened | None]:
     try:
-        return "success", bundle.open_sealed(data, identities)
+        return "success", bundle.open_sealed(data, identities, rcpt)
     except bundle.NotSealed:
         return "not sealed", None
     except bundle.MalformedBundle:
         return "malformed", None
+    except bundle.NotBound:
+        return "not bound", None
     except age.NoIdentityMatch:
         return "no match", None
     except age.AuthenticationError:
@@ -36,11 +38,12 @@ def test_there_are_vectors_of_every_kind():
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_vector(path: Path):
     meta, data = make_vectors.parse(path.read_bytes())
-    got, opened = outcome(data, [age.parse_identity(meta["identity"])])
+    got, opened = outcome(data, [age.parse_identity(meta["identity"])], meta["rcpt"])
     assert got == meta["expect"], meta["comment"]
     if got == "success":
         assert hashlib.sha256(opened.message).hexdigest() == meta["payload"]
         assert (opened.date, opened.serial) == (int(meta["date"]), meta["serial"])
+        assert opened.version == int(meta["version"])
 
 
 # Post-quantum vectors use HPKE randomness inside OpenSSL: not reproducible.

@@ -213,13 +213,13 @@ def test_bundles_outside_the_window_are_refused(world, age_seconds, fragment):
     state = world["b"].dir / "state"
     with SQLiteKeyStore(state / "keystore.sqlite3", MasterKeySource(file=state / "master.key")) as ks:
         recipient = ks.identities_for(parse_address("bob@b.test"))[0].recipient()
-    sealed = bundle.seal(BOB_MESSAGE, [recipient], now=time.time() - age_seconds)
+    sealed = bundle.seal(BOB_MESSAGE, [recipient], now=time.time() - age_seconds, bind=["bob@b.test"])
     t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], sealed)
     assert t.data[0] == 550 and fragment in t.data[1]
 
 
 def test_no_local_key_and_malformed_bundle(world):
-    stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()])
+    stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()], bind=["bob@b.test"])
     t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], stranger)
     assert t.data[0] == 550 and t.data[1].startswith(b"5.7.5 No local key")
     sealed = sealed_for_bob(world)
@@ -490,7 +490,7 @@ def test_quarantine_list_show_release(tmp_path, world):
         q.cli("keys", "generate", "bob@b.test")
         q.start()
         try:
-            stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()])
+            stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()], bind=["bob@b.test"])
             t = smtp_transaction(q.inbound_port, "alice@a.test", ["bob@b.test"], stranger)
             assert t.data[0] == 250 and b"quarantined as" in t.data[1]
             entry = re.search(rb"quarantined as ([0-9A-F]{16})", t.data[1]).group(1).decode()

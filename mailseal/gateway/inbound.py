@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .. import age, bundle, mime, replay
+from .. import age, bundle, mime, opening, replay
 from ..keystore import KeystoreError, fingerprint
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -22,6 +22,15 @@ from .smtp import envelope_flags, session_xforward
 
 TRACE_HEADER = b"Mailseal-Status"
 INLINE_OPEN_LIMIT = 256 * 1024
+# Opening costs one unwrap per stanza tried; a few are cheaper on the loop
+# than a thread hand-off, more (an attacker's thousand stanzas) go to a thread.
+INLINE_OPEN_TRIALS = 8
+REFUSAL_REPLIES = {
+    opening.NO_LOCAL_KEY: replies.NO_IDENTITY,
+    opening.NO_MATCHING_KEY: replies.NO_IDENTITY,
+    opening.NOT_BOUND: replies.NOT_BOUND,
+    opening.UNBOUND_VERSION: replies.UNBOUND_VERSION,
+}
 
 
 def strip_mailseal_headers(message: bytes) -> bytes:
@@ -102,7 +111,11 @@ class InboundHandler(BaseHandler):
         try:
             if parts is None:
                 raise Refusal(replies.MALFORMED, "malformed")
-            opened = await self._open(rcpts, message, parts)
+            opened, unentitled = await self._open(rcpts, message, parts)
+            if opened is None:
+                # Nobody in the transaction may have it: refused as one
+                # (the same reason for all, or the first).
+                raise next(iter(unentitled.values()))
         except Refusal as refusal:
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
             self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
@@ -111,7 +124,8 @@ class InboundHandler(BaseHandler):
             log.error("%s inbound: keystore: %s", qid, exc)
             return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
 
-        claimed, refused = await self._claim(rcpts, opened)
+        claimed, refused = await self._claim([r for r in rcpts if r not in unentitled], opened)
+        refused = {**unentitled, **refused}
         if not refused:
             # The sealed form is no longer needed: let a large one go before
             # the opened copy is delivered (peak memory).
@@ -155,25 +169,30 @@ class InboundHandler(BaseHandler):
         parsed = self.address(rcpt)
         return parsed.owner if parsed else rcpt
 
-    async def _open(self, rcpts: list[str], message: bytes, parts) -> bundle.Opened:
-        identities: list[age.Identity] = []
+    async def _open(self, rcpts: list[str], message: bytes, parts) -> tuple[bundle.Opened | None, dict[str, Refusal]]:
+        """Open for each envelope recipient with its own identities; return the
+        opened message (None if nobody may have it) and the refused recipients."""
+        candidates = {}
         for rcpt in rcpts:
             parsed = self.address(rcpt)
-            for identity in self.ctx.keystore.identities_for(parsed) if parsed else ():
-                if identity not in identities:
-                    identities.append(identity)
-        if not identities:
-            raise Refusal(replies.NO_IDENTITY, "no-local-key")
+            identities = self.ctx.keystore.identities_for(parsed) if parsed else []
+            candidates[rcpt] = opening.Candidate(parsed.owner if parsed else None, identities)
+        if not any(c.identities for c in candidates.values()):
+            raise Refusal(replies.NO_IDENTITY, opening.NO_LOCAL_KEY)
+        open_version1 = self.ctx.config.inbound.open_version1
         try:
-            if len(message) <= INLINE_OPEN_LIMIT:
-                return bundle.open_parts(parts, identities)
-            return await asyncio.to_thread(bundle.open_parts, parts, identities)
+            blob = bundle.read_keyblob(parts)
+            if len(message) <= INLINE_OPEN_LIMIT and opening.trials(blob, candidates) <= INLINE_OPEN_TRIALS:
+                result = opening.open_for(parts, blob, candidates, open_version1=open_version1)
+            else:
+                result = await asyncio.to_thread(opening.open_for, parts, blob, candidates,
+                                                 open_version1=open_version1)
         except bundle.MalformedBundle:
             raise Refusal(replies.MALFORMED, "malformed") from None
-        except age.NoIdentityMatch:
-            raise Refusal(replies.NO_IDENTITY, "no-matching-key") from None
         except age.AuthenticationError:
             raise Refusal(replies.TAMPERED, "tampered") from None
+        refused = {rcpt: Refusal(REFUSAL_REPLIES[reason], reason) for rcpt, reason in result.refused.items()}
+        return result.opened, refused
 
     async def _claim(self, rcpts: list[str], opened: bundle.Opened) -> tuple[list[str], dict[str, Refusal]]:
         claimed, refused = [], {}

@@ -124,11 +124,14 @@ class OutboundHandler(BaseHandler):
     async def _send(self, copy: policy.Copy, envelope, session, message: bytes) -> dict[str, Reply]:
         smtputf8, eight_bit = envelope_flags(envelope)
         if copy.sealed:
+            # The copy is bound to its envelope recipients: the receiving
+            # gateway opens it for them and nobody else.
+            bind = [self.address(r).owner for r in copy.rcpts]
             try:
                 if len(message) <= INLINE_SEAL_LIMIT:
-                    data = bundle.seal(message, copy.keys, eol=b"\r\n")
+                    data = bundle.seal(message, copy.keys, eol=b"\r\n", bind=bind)
                 else:
-                    data = await asyncio.to_thread(bundle.seal, message, copy.keys, eol=b"\r\n")
+                    data = await asyncio.to_thread(bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind)
             except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
                 log.error("outbound: sealing failed: %s", type(exc).__name__)
                 return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)

@@ -2,9 +2,10 @@
 
 Run from the project root: `python -m tests.vectors.make_vectors`.
 Each file is a text header (`expect:`, `identity:`, `payload:` = SHA-256 of the
-opened message, `date:`, `serial:`, `comment:`), an empty line, then the
-bundle bytes exactly as they travel. `expect` is one of: success, not sealed,
-malformed, no match, tampered.
+opened message, `date:`, `serial:`, `rcpt:` = the envelope recipient to
+open for, `version:`, `comment:`), an empty line, then the bundle bytes
+exactly as they travel. `expect` is one of: success, not sealed, malformed,
+no match, tampered, not bound.
 
 Classic (X25519) vectors use a seeded randomness source, so they are
 reproducible: tests regenerate them and compare bytes, which pins the format.
@@ -48,8 +49,11 @@ def seeded(name: str):
     return rng
 
 
-def sealed(name: str, message: bytes = MESSAGE, identity=IDENTITY) -> bytes:
-    return bundle.seal(message, [identity.recipient()], now=NOW, rng=seeded(name))
+RCPT = "bob@example.net"  # the envelope recipient the vectors are bound to
+
+
+def sealed(name: str, message: bytes = MESSAGE, identity=IDENTITY, bind=(RCPT,), version: int = 2) -> bytes:
+    return bundle.seal(message, [identity.recipient()], now=NOW, rng=seeded(name), bind=bind, version=version)
 
 
 def _parts(data: bytes) -> tuple[bytes, bytes]:
@@ -74,11 +78,14 @@ def flip(data: bytes, at: int) -> bytes:
 
 
 def with_header(stanzas_edit, name: str) -> bytes:
-    """A bundle whose age header was rebuilt (validly MACed) with edited stanzas."""
+    """A bundle whose age header was rebuilt (validly MACed) with edited stanzas.
+
+    stanzas_edit(recipient stanzas, file key) returns the stanzas to use.
+    """
     rng = seeded(name)
     file_key = rng(16)
     stanzas = [IDENTITY.recipient().wrap(file_key, rng)]
-    stanzas = stanzas_edit(stanzas)
+    stanzas = stanzas_edit(stanzas, file_key)
     header = encode_header(stanzas, file_key)
     payload = b"".join(age.encrypt_payload(file_key, MESSAGE, rng))
     base = sealed(name)
@@ -93,8 +100,9 @@ def build() -> dict[str, tuple[dict[str, str], bytes]]:
     """name -> (metadata, bundle bytes)."""
     v: dict[str, tuple[dict[str, str], bytes]] = {}
 
-    def add(name, expect, data, comment, identity=IDENTITY, message=MESSAGE, reproducible=True):
-        meta = {"expect": expect, "identity": str(identity), "comment": comment}
+    def add(name, expect, data, comment, identity=IDENTITY, message=MESSAGE, reproducible=True, version=2):
+        meta = {"expect": expect, "identity": str(identity), "rcpt": RCPT, "version": str(version),
+                "comment": comment}
         if expect == "success":
             meta["payload"] = hashlib.sha256(message).hexdigest()
             meta["date"] = str(NOW)
@@ -106,7 +114,7 @@ def build() -> dict[str, tuple[dict[str, str], bytes]]:
     lf = MESSAGE.replace(b"\r\n", b"\n")
     add("success_lf", "success", sealed("success_lf", lf), "X25519 bundle of an LF message", message=lf)
     add("success_empty", "success", sealed("success_empty", b""), "the empty message", message=b"")
-    add("success_pq", "success", bundle.seal(MESSAGE, [PQ_IDENTITY.recipient()], now=NOW),
+    add("success_pq", "success", bundle.seal(MESSAGE, [PQ_IDENTITY.recipient()], now=NOW, bind=[RCPT]),
         "mlkem768x25519 bundle (not reproducible: HPKE randomness)", identity=PQ_IDENTITY,
         reproducible=False)
     base = sealed("success_relayed")
@@ -144,15 +152,47 @@ def build() -> dict[str, tuple[dict[str, str], bytes]]:
     add("visible_serial_changed", "tampered",
         base.replace(s.encode(), ("0" if s[0] != "0" else "1").encode() + s[1:].encode(), 1),
         "Mailseal-Serial differs from the authenticated serial")
-    add("no_replay_stanza", "malformed", with_header(lambda st: st, "no_replay_stanza"),
+    def bind(key):
+        return bundle.bind_stanza(key, [RCPT])
+
+    add("no_replay_stanza", "malformed", with_header(lambda st, key: st + [bind(key)], "no_replay_stanza"),
         "a valid age header without the replay stanza")
     add("two_replay_stanzas", "malformed",
-        with_header(lambda st: st + [bundle.replay_stanza(NOW, "0" * 32), bundle.replay_stanza(NOW, "1" * 32)],
-                    "two_replay_stanzas"),
+        with_header(lambda st, key: st + [bundle.replay_stanza(NOW, "0" * 32), bundle.replay_stanza(NOW, "1" * 32),
+                                          bind(key)], "two_replay_stanzas"),
         "two replay stanzas")
     add("bad_replay_serial", "malformed",
-        with_header(lambda st: st + [age.Stanza(bundle.REPLAY_STANZA, (str(NOW), "ABC"), b"")], "bad_replay_serial"),
+        with_header(lambda st, key: st + [age.Stanza(bundle.REPLAY_STANZA, (str(NOW), "ABC"), b""), bind(key)],
+                    "bad_replay_serial"),
         "the authenticated serial is not 32 lowercase hex digits")
+    # Version 2: the recipient binding.
+    add("not_bound", "not bound", sealed("not_bound", bind=["carol@example.net"]),
+        "genuine, but bound to another envelope recipient (carol), opened for bob")
+    add("bound_several", "success", sealed("bound_several", bind=["carol@example.net", RCPT, "dave@example.org"]),
+        "bound to three recipients, bob among them")
+    add("no_bind_stanza", "malformed",
+        with_header(lambda st, key: st + [bundle.replay_stanza(NOW, "2" * 32)], "no_bind_stanza"),
+        "a version 2 replay stanza without the bind stanza (a stripped binding)")
+    add("two_bind_stanzas", "malformed",
+        with_header(lambda st, key: st + [bundle.replay_stanza(NOW, "3" * 32), bind(key),
+                                          bundle.bind_stanza(key, ["eve@example.net"])], "two_bind_stanzas"),
+        "two bind stanzas (one binding eve)")
+    add("bind_bad_length", "malformed",
+        with_header(lambda st, key: st + [bundle.replay_stanza(NOW, "4" * 32),
+                                          age.Stanza(bundle.BIND_STANZA, (), bind(key).body + b"x")],
+                    "bind_bad_length"),
+        "a bind stanza whose body is not a whole number of 16-byte tags")
+    base = sealed("bind_tampered")
+    key_blob = decoded(base, 0)
+    at = key_blob.index(b"-> " + bundle.BIND_STANZA.encode()) + len(bundle.BIND_STANZA) + 5
+    add("bind_tampered", "tampered", replace_part(base, 0, flip(key_blob, at)),
+        "one bit of the binding changed (the header MAC no longer verifies)")
+    # Version 1, still opened for one release (no binding to check).
+    add("v1_success", "success", sealed("v1_success", bind=(), version=1), "a version 1 bundle", version=1)
+    add("v1_with_bind_stanza", "malformed",
+        with_header(lambda st, key: st + [bundle.replay_stanza(NOW, "5" * 32, version=1), bind(key)],
+                    "v1_with_bind_stanza"),
+        "a version 1 replay stanza next to a bind stanza", version=1)
     base = sealed("no_close_boundary")
     add("no_close_boundary", "malformed", base[: base.rindex(b"--=_mailseal_")], "truncated: no close delimiter")
     base = sealed("three_parts")
