@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__, age, bundle, cli_keys
+from . import __version__, age, bundle, cli_keys, mime
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -89,10 +89,37 @@ def _recipients(args: argparse.Namespace) -> list[age.Recipient]:
     return list(dict.fromkeys(recipients))  # the same key twice gets one stanza
 
 
+def _bound_addresses(args: argparse.Namespace, message: bytes) -> list[str]:
+    """The addresses to bind: --to, else those the To and Cc fields name."""
+    from .addresses import AddressError, parse_address
+
+    if args.no_bind:
+        return []
+    texts = args.to
+    if not texts:
+        from email.utils import getaddresses
+
+        head, _ = mime.split_head(message)
+        try:
+            found = mime.fields(head)
+        except mime.MimeError:
+            found = []
+        values = [f.value.decode("utf-8", "replace").replace("\r", "").replace("\n", " ")
+                  for f in found if f.name.lower() in ("to", "cc")]
+        texts = [addr for _, addr in getaddresses(values) if addr]
+        if not texts:
+            print("mailseal: note: no To, Cc or --to: bound to no recipient, so only `mailseal open` "
+                  "opens it (no gateway delivers it)", file=sys.stderr)
+    try:
+        return [parse_address(text).owner for text in texts]
+    except AddressError as exc:
+        raise UserError(str(exc)) from None
+
+
 def cmd_seal(args: argparse.Namespace) -> int:
     recipients = _recipients(args)
     message = _read_stdin()
-    bundle.write_sealed(message, recipients, sys.stdout.buffer)
+    bundle.write_sealed(message, recipients, sys.stdout.buffer, bind=_bound_addresses(args, message))
     sys.stdout.buffer.flush()
     return 0
 
@@ -109,9 +136,19 @@ def _identities(paths: Sequence[str]) -> list[age.Identity]:
 
 def cmd_open(args: argparse.Namespace) -> int:
     identities = _identities(args.identity)
+    rcpt = None
+    if args.rcpt:
+        from .addresses import AddressError, parse_address
+
+        try:
+            rcpt = parse_address(args.rcpt).owner
+        except AddressError as exc:
+            raise UserError(str(exc)) from None
     message = _read_stdin()
     try:
-        opened = bundle.open_sealed(message, identities)
+        opened = bundle.open_sealed(message, identities, rcpt)
+    except bundle.NotBound as exc:
+        raise Refused(str(exc)) from None
     except bundle.BundleError as exc:
         raise UserError(str(exc)) from None
     except age.NoIdentityMatch:
@@ -264,11 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="age1pq1… or age1… public key (repeatable)")
     p.add_argument("-R", "--recipients-file", action="append", metavar="FILE",
                    help="file of public keys, one a line (repeatable)")
+    p.add_argument("--to", action="append", metavar="ADDRESS", default=[],
+                   help="an envelope recipient the receiving gateway may open it for (repeatable; "
+                        "default: the addresses in To and Cc)")
+    p.add_argument("--no-bind", action="store_true",
+                   help="bind no recipient: only `mailseal open` can open it, no gateway delivers it")
     p.set_defaults(func=cmd_seal)
 
     p = commands.add_parser("open", help="open the sealed message on stdin")
     p.add_argument("-i", "--identity", action="append", metavar="IDENTITY_FILE", required=True,
                    help="identity file, as keygen writes (repeatable)")
+    p.add_argument("--for", dest="rcpt", metavar="ADDRESS",
+                   help="refuse (exit 1) unless the message was sealed for this envelope recipient")
     p.set_defaults(func=cmd_open)
 
     p = commands.add_parser("serve", help="run the listeners named in the configuration")

@@ -126,3 +126,28 @@ def test_open_writes_no_partial_plaintext_on_late_failure(keys):
     tampered = rebuild(sealed, payload=payload[:-5] + bytes([payload[-5] ^ 1]) + payload[-4:])
     result = run_cli("open", "-i", str(path), input=tampered)
     _one_line_error(result, 1, b"failed authentication")
+
+
+def test_seal_binds_to_and_cc_or_to_option_and_open_for_checks_it(keys):
+    path, recipient = keys["pq"]
+    message = b"From: a@a.test\r\nTo: Bob <Bob@B.test>\r\nCc: carol@b.test\r\n\r\nhello\r\n"
+    by_headers = run_cli("seal", "-r", recipient, input=message)
+    by_option = run_cli("seal", "-r", recipient, "--to", "dave@b.test", input=message)
+    assert by_headers.returncode == by_option.returncode == 0
+    assert by_headers.stderr == by_option.stderr == b""
+    for sealed, bound, unbound in ((by_headers.stdout, ("bob@b.test", "carol@b.test"), ("dave@b.test",)),
+                                   (by_option.stdout, ("dave@b.test",), ("bob@b.test", "carol@b.test"))):
+        for rcpt in bound:
+            opened = run_cli("open", "-i", str(path), "--for", rcpt, input=sealed)
+            assert (opened.returncode, opened.stdout) == (0, message), opened.stderr
+        for rcpt in (*unbound, "eve@b.test"):
+            refused = run_cli("open", "-i", str(path), "--for", rcpt, input=sealed)
+            assert refused.returncode == 1 and refused.stdout == b""
+            assert b"not seal this message for" in refused.stderr and refused.stderr.count(b"\n") == 1
+
+
+def test_seal_with_an_invalid_to_is_one_line_exit_2(keys):
+    _, recipient = keys["pq"]
+    result = run_cli("seal", "-r", recipient, "--to", "not an address", input=b"To: x@y.test\r\n\r\nx\r\n")
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.startswith(b"mailseal: error: ") and result.stderr.count(b"\n") == 1
