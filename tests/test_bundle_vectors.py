@@ -55,3 +55,22 @@ def test_reproducible_vectors_regenerate_identically(path: Path):
     """Pins the wire format: a change to how bundles are written shows here."""
     meta, data = make_vectors.parse(path.read_bytes())
     assert make_vectors.build()[path.stem] == (meta, data)
+
+
+def test_the_binding_is_computed_as_format_md_says():
+    """An independent computation of section 2.1 from the worked example: the
+    file key from the recipient stanza, then HKDF and HMAC as written."""
+    import hmac as hmac_mod
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from mailseal import mime
+
+    meta, data = make_vectors.parse((Path(__file__).parent / "vectors" / "success_crlf.txt").read_bytes())
+    header = age.parse_header(b"".join(mime.decode_base64(make_vectors._parts(data)[0])))
+    file_key = age.unwrap_file_key(header, [age.parse_identity(meta["identity"])])
+    [bind] = [s for s in header.stanzas if s.type == "mailseal.org/v2/bind"]
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"mailseal.org/v2/bind").derive(file_key)
+    tag = hmac_mod.new(key, meta["rcpt"].encode(), hashlib.sha256).digest()[:16]
+    assert (bind.args, bind.body) == ((), tag)
