@@ -130,7 +130,7 @@ def test_open_writes_no_partial_plaintext_on_late_failure(keys):
 
 def test_seal_binds_to_and_cc_or_to_option_and_open_for_checks_it(keys):
     path, recipient = keys["pq"]
-    message = b"From: a@a.test\r\nTo: Bob <bob@b.test>\r\nCc: carol@b.test\r\n\r\nhello\r\n"
+    message = b"From: a@a.test\r\nTo: Bob <Bob@B.test>\r\nCc: carol@b.test\r\n\r\nhello\r\n"
     by_headers = run_cli("seal", "-r", recipient, input=message)
     by_option = run_cli("seal", "-r", recipient, "--to", "dave@b.test", input=message)
     assert by_headers.returncode == by_option.returncode == 0
