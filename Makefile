@@ -8,10 +8,14 @@ PY     := $(VENV)/bin/python
 # Debian packages the tests use: age (interop reference), postfix (a real MTA
 # and smtp-source/smtp-sink), swaks (a real SMTP client).
 DEBIAN_TEST_PACKAGES := age postfix swaks iproute2
+# The TypeScript age (npm age-encryption), the post-quantum interop reference,
+# goes into .venv/node with the machine's npm.
+TYPAGE := $(VENV)/node/node_modules/age-encryption/package.json
+TYPAGE_VERSION := 0.3
 # and for `make bench`: GNU time (peak memory of each measured process).
 DEBIAN_BENCH_PACKAGES := $(DEBIAN_TEST_PACKAGES) time
 
-.PHONY: run demo test bench venv test-venv debian-packages clean
+.PHONY: run demo test bench venv test-venv debian-packages typage clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +33,10 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.installed-test
+
+$(TYPAGE): $(VENV)/.installed
+	npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error age-encryption@$(TYPAGE_VERSION)
+typage: $(TYPAGE)
 
 debian-packages:
 	@missing=""; \
@@ -51,7 +59,7 @@ demo: venv
 	$(PY) -m mailseal.demo $(CONFIG)
 
 test: DEBIAN_PACKAGES = $(DEBIAN_TEST_PACKAGES)
-test: test-venv debian-packages
+test: test-venv debian-packages $(TYPAGE)
 	$(PY) -m pytest -q
 
 bench: DEBIAN_PACKAGES = $(DEBIAN_BENCH_PACKAGES)
