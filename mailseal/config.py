@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import headerfilter
+
 DEFAULT_LOCATIONS = (Path("/etc/mailseal/mailseal.toml"), Path("config/mailseal.toml"))
 POLICIES = ("require", "opportunistic", "plain")
 
@@ -66,6 +68,10 @@ class InboundConfig:
     # Version 1 bundles carry no recipient binding: opened (for the recipients
     # whose own keys open them) during the transition, refused once off.
     open_version1: bool = True
+    # Header fields removed from opened mail (glob, case-insensitive);
+    # Mailseal-* always goes, listed or not.
+    strip_headers: tuple[str, ...] = headerfilter.DEFAULT_STRIP
+    strip_headers_from_clear_mail: bool = False  # the list applies to clear mail too
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,16 @@ def parse_size(value: object, where: str) -> int:
     if not m or int(m.group(1)) == 0:
         raise ConfigError(f"{where}: expected a size such as \"50MB\", got {value!r}")
     return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+
+
+def parse_header_patterns(value: list, where: str) -> tuple[str, ...]:
+    if len(value) > headerfilter.MAX_PATTERNS:
+        raise ConfigError(f"{where}: at most {headerfilter.MAX_PATTERNS} patterns, got {len(value)}")
+    for pattern in value:
+        problem = headerfilter.pattern_problem(pattern)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+    return tuple(value)
 
 
 def parse_endpoint(value: object, where: str) -> Endpoint:
@@ -251,6 +267,9 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
             replay_window=parse_duration(ib.get("replay_window", "7d", (str, int)), ib.where("replay_window")),
             max_clock_skew=parse_duration(ib.get("max_clock_skew", "1h", (str, int)), ib.where("max_clock_skew")),
             open_version1=ib.get("open_version1", True, bool),
+            strip_headers=parse_header_patterns(ib.get("strip_headers", list(headerfilter.DEFAULT_STRIP), list),
+                                                ib.where("strip_headers")),
+            strip_headers_from_clear_mail=ib.get("strip_headers_from_clear_mail", False, bool),
         )
         ib.check_unknown()
     return Config(source, keystore, server, outbound, inbound)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .. import age, bundle, mime, opening, replay
+from .. import age, bundle, headerfilter, opening, replay
 from ..keystore import KeystoreError, fingerprint
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -33,35 +33,19 @@ REFUSAL_REPLIES = {
 }
 
 
-def strip_mailseal_headers(message: bytes) -> bytes:
-    """The message without any Mailseal-* header field (folding included)."""
-    head, body_at = mime.split_head(message)
-    if b"mailseal-" not in head.lower():
-        return message
-    kept, skipping = [], False
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = line.lower().startswith(b"mailseal-")
-        if not skipping:
-            kept.append(line)
-    return b"".join(kept) + message[len(head):]
+def strip_mailseal_headers(message: bytes, strip: headerfilter.HeaderFilter) -> bytes:
+    """Clear mail as it is delivered: without Mailseal-* fields and whatever
+    else `strip` names (docs/OPERATIONS.md)."""
+    return strip.message(message)
 
 
-def delivered_pieces(chunks: list[bytes], trace: str) -> list[bytes]:
-    """The opened message as it is delivered: trace header, the original
-    with any Mailseal-* header removed, still in its decrypted chunks (a
+def delivered_pieces(chunks: list[bytes], trace: str, strip: headerfilter.HeaderFilter) -> list[bytes]:
+    """The opened message as it is delivered: trace header, then the original
+    without the fields `strip` names (the receiving site's verdicts, Mailseal-*)
+    and without leading continuation lines, still in its decrypted chunks (a
     large message is never joined into one more copy)."""
-    first = chunks[0] if chunks else b""
-    head, body_at = mime.split_head(first)
-    if body_at >= len(first) and len(chunks) > 1 and not first.endswith((b"\n\n", b"\r\n\r\n")):
-        # A header block longer than one chunk: rare enough to join.
-        chunks = [b"".join(chunks)]
-        first = chunks[0]
     # SMTP lines end in CRLF, whatever the sealed original used.
-    return [TRACE_HEADER + b": " + trace.encode() + b"\r\n", strip_mailseal_headers(first), *chunks[1:]]
+    return [TRACE_HEADER + b": " + trace.encode() + b"\r\n", *strip.chunks(chunks)]
 
 
 class Refusal(Exception):
@@ -102,7 +86,9 @@ class InboundHandler(BaseHandler):
         try:
             parts = bundle.split(message)
         except bundle.NotSealed:
-            data = strip_mailseal_headers(message)
+            inbound = self.ctx.config.inbound
+            data = strip_mailseal_headers(message, headerfilter.for_clear_mail(
+                inbound.strip_headers, inbound.strip_headers_from_clear_mail))
             outcome = await self._deliver(envelope, session, rcpts, data, smtputf8, eight_bit)
             self.log_message(qid, envelope, "clear", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
@@ -147,7 +133,8 @@ class InboundHandler(BaseHandler):
         if claimed:
             trace = (f"opened; serial={opened.serial}; sealed={opened.date}; "
                      f"key={fingerprint(str(opened.identity.recipient()))}")
-            pieces = delivered_pieces(opened.chunks, trace)
+            pieces = delivered_pieces(opened.chunks, trace,
+                                      headerfilter.for_opened_mail(self.ctx.config.inbound.strip_headers))
             # Declared 8BITMIME whatever the content: harmless for 7-bit
             # mail, and no pass over a large message to find out.
             try:
