@@ -235,6 +235,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from .quarantine import QuarantineError
 
     cfg, quarantine = _quarantine(args)
+    if args.action != "release" and (args.open or args.as_is):
+        raise UserError("--open and --as-is go with `quarantine release`")
     try:
         if args.action == "list":
             entries = quarantine.list()
@@ -246,39 +248,50 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             return 0
         if not args.id:
             raise UserError(f"quarantine {args.action} needs an ID (see `mailseal quarantine list`)")
-        entry, message = quarantine.get(args.id)
         if args.action == "show":
+            entry, message = quarantine.get(args.id)
             sys.stdout.write(f"id: {entry.id}\nreason: {entry.reason}\nfrom: <{entry.mail_from}>\n"
                              f"to: {', '.join(entry.rcpts)}\nclient: {entry.client}\nsize: {entry.size}\n\n")
             sys.stdout.buffer.write(message)
             return 0
-        return _release(cfg, quarantine, entry, message)
+        with quarantine.held(args.id):
+            entry, message = quarantine.get(args.id)
+            if args.action == "delete":
+                quarantine.remove(entry.id)
+                print(f"deleted {entry.id}")
+                return 0
+            return _release(cfg, quarantine, entry, message, args)
     except QuarantineError as exc:
         raise UserError(str(exc)) from None
 
 
-def _release(cfg, quarantine, entry, message: bytes) -> int:
-    import asyncio
+def _release(cfg, quarantine, entry, message: bytes, args: argparse.Namespace) -> int:
+    """A sealed message is opened again by default, anything else goes as received."""
+    from . import bundle
+    from .config import ConfigError
+    from .keystore import KeystoreError
+    from .release import release
+    from .replay import CacheUnavailable
 
-    from .gateway.relay import Envelope, next_hop_for
-
-    trace = f"Mailseal-Status: released from quarantine by an administrator; reason={entry.reason}\r\n"
-    hop = next_hop_for(cfg.inbound.next_hop)
-
-    async def deliver():
-        try:
-            return await hop.deliver(Envelope(entry.mail_from, tuple(entry.rcpts), trace.encode() + message,
-                                              eight_bit=not message.isascii()))
-        finally:
-            await hop.close()
-
-    outcome = asyncio.run(deliver())
-    failed = {r: reply for r, reply in outcome.items() if not reply.ok}
+    sealed = bundle.is_sealed(message)
+    if args.open and not sealed:
+        raise UserError(f"{entry.id} is not a sealed message: release it without --open")
+    open_it = sealed and not args.as_is
+    try:
+        outcome = release(cfg, quarantine, entry, message, open_it=open_it)
+    except (ConfigError, KeystoreError, CacheUnavailable) as exc:
+        raise UserError(str(exc)) from None
+    delivered = [rcpt for rcpt in entry.rcpts if outcome[rcpt].ok]
+    failed = {rcpt: reply for rcpt, reply in outcome.items() if not reply.ok}
+    how = "opened and delivered" if open_it else "delivered as received"
     if failed:
         rcpt, reply = next(iter(failed.items()))
-        raise Refused(f"next hop refused {rcpt}: {reply.code} {reply.text.splitlines()[0]}; kept in quarantine")
-    quarantine.remove(entry.id)
-    print(f"released {entry.id} to {', '.join(entry.rcpts)}")
+        also = f"; {how} to {', '.join(delivered)}" if delivered else ""
+        # Opening refused (5.6.x/5.7.x) for good: the admin's other choice.
+        hint = " (`--as-is` delivers it still sealed)" if open_it and reply.text[:4] in ("5.6.", "5.7.") else ""
+        raise Refused(f"{entry.id} not released to {rcpt}: {reply.code} {reply.text.splitlines()[0]}{also}; "
+                      f"kept in quarantine{hint}")
+    print(f"released {entry.id}: {how} to {', '.join(delivered)}")
     return 0
 
 
@@ -319,8 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("quarantine", help="refused inbound mail kept for review")
-    p.add_argument("action", choices=("list", "show", "release"))
+    p.add_argument("action", choices=("list", "show", "release", "delete"))
     p.add_argument("id", nargs="?", metavar="ID")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--open", action="store_true",
+                     help="release: open the sealed message again (the default for sealed mail)")
+    how.add_argument("--as-is", action="store_true",
+                     help="release: deliver the message as received, even if sealed")
     p.set_defaults(func=cmd_quarantine)
 
     p = commands.add_parser("check-config", help="validate the configuration and the keystore")
