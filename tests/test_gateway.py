@@ -482,35 +482,6 @@ def test_null_sender_bounces_pass_through(world):
     assert copy.mail_from in ("", "<>") and bundle.is_sealed(copy.data)
 
 
-def test_quarantine_list_show_release(tmp_path, world):
-    from .conftest import run_cli
-
-    with Sink() as final:
-        q = Daemon(tmp_path / "q", inbound={"next_hop": f"127.0.0.1:{final.port}", "on_failure": "quarantine"})
-        q.cli("keys", "generate", "bob@b.test")
-        q.start()
-        try:
-            stranger = bundle.seal(BOB_MESSAGE, [age.generate().recipient()], bind=["bob@b.test"])
-            t = smtp_transaction(q.inbound_port, "alice@a.test", ["bob@b.test"], stranger)
-            assert t.data[0] == 250 and b"quarantined as" in t.data[1]
-            entry = re.search(rb"quarantined as ([0-9A-F]{16})", t.data[1]).group(1).decode()
-            assert final.messages == []
-            listing = q.cli("quarantine", "list")
-            assert entry in listing and "no-matching-key" in listing and "alice@a.test" in listing
-            shown = run_cli("-c", str(q.config), "quarantine", "show", entry)
-            assert shown.returncode == 0 and shown.stdout.endswith(stranger)
-            bad = run_cli("-c", str(q.config), "quarantine", "show", "0123456789ABCDEF")
-            assert bad.returncode == 2 and b"no quarantined message" in bad.stderr
-            assert "released" in q.cli("quarantine", "release", entry, "--as-is")
-            [released] = final.wait(1)
-            assert released.rcpts == ["bob@b.test"]
-            assert released.data.startswith(b"Mailseal-Status: released from quarantine")
-            assert released.data.endswith(stranger)
-            assert "quarantine is empty" in q.cli("quarantine", "list")
-        finally:
-            q.stop()
-
-
 def test_sd_notify_readiness(tmp_path):
     import os
 

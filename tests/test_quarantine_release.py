@@ -91,22 +91,29 @@ def test_a_bundle_is_opened_again_once_its_key_is_back(tmp_path):
         assert "Traceback" not in q.log_text()
 
 
-def test_a_sealed_message_released_as_is_loses_forged_mailseal_fields(tmp_path):
+def test_list_show_and_a_sealed_message_released_as_is_without_forged_mailseal_fields(tmp_path):
     with Sink() as final:
         q = Daemon(tmp_path / "q", inbound={"next_hop": f"127.0.0.1:{final.port}", "on_failure": "quarantine"})
         q.cli("keys", "generate", "bob@b.test")
         q.start()
         try:
-            sealed = bundle.seal(KEPT, [age.generate().recipient()])
+            sealed = bundle.seal(KEPT, [age.generate().recipient()], bind=["bob@b.test"])
             forged = b"Mailseal-Status: opened; key=trust-me\r\n" + sealed.replace(
                 b"Subject:", b"mailseal-verified: yes\r\n  folded on\r\nSubject:", 1)
             entry = quarantined_id(smtp_transaction(q.inbound_port, "ceo@bank.test", ["bob@b.test"], forged).data)
         finally:
             q.stop()
+        assert final.messages == []
+        listing = q.cli("quarantine", "list")
+        assert entry in listing and "no-matching-key" in listing and "ceo@bank.test" in listing
+        shown = cli(q, "quarantine", "show", entry)
+        assert shown.returncode == 0 and shown.stdout.endswith(forged)
+
         released = cli(q, "quarantine", "release", entry, "--as-is")
         assert released.returncode == 0, released.stderr
         assert "delivered as received" in released.stdout.decode()
         [got] = final.wait(1)
+        assert got.rcpts == ["bob@b.test"]
         assert got.data == RELEASED + b"no-matching-key\r\n" + sealed
         assert "quarantine is empty" in q.cli("quarantine", "list")
 
