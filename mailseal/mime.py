@@ -132,7 +132,10 @@ class Headers:
         simple = self.simple_params()
         if simple is not None:
             return simple.get(name.lower(), default)
-        value = self._content_type().get_param(name, default)
+        try:
+            value = self._content_type().get_param(name, default)
+        except UnicodeError:  # 8-bit bytes in the parameters: the email package cannot read them
+            return default
         return str(value[2] if isinstance(value, tuple) else value)
 
     def boundary(self) -> str | None:
