@@ -115,6 +115,43 @@ def parse_owner(text: str) -> str:
     return parse_address(text).owner
 
 
+class EightBitAddress(AddressError):
+    """A non-ASCII envelope address in a transaction that did not declare SMTPUTF8."""
+
+
+# RFC 5321 4.1.2 Mailbox, as MAIL and RCPT carry it (source routes already
+# dropped by the SMTP parser): a dot-string or quoted-string local part, and a
+# domain or an address literal. RFC 6531 (SMTPUTF8) adds non-ASCII characters
+# to atext, qtext and domain labels; control characters (C0, DEL, C1) and
+# undecodable bytes (surrogates) are never part of an address.
+_U = "\u00a0-\ud7ff\ue000-\U0010ffff"
+_MAILBOX = {
+    utf8: re.compile(
+        rf"(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{u}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{u}-]+)*"  # dot-string
+        rf'|"(?:[\x20\x21\x23-\x5b\x5d-\x7e{u}]|\\[\x20-\x7e])*")'  # quoted-string
+        rf"@(?:[A-Za-z0-9{u}](?:[A-Za-z0-9{u}-]*[A-Za-z0-9{u}])?"  # domain
+        rf"(?:\.[A-Za-z0-9{u}](?:[A-Za-z0-9{u}-]*[A-Za-z0-9{u}])?)*"
+        r"|\[[\x21-\x5a\x5e-\x7e]+\])"  # address literal
+    )
+    for utf8, u in ((False, ""), (True, _U))
+}
+
+
+def check_envelope_address(text: str, smtputf8: bool) -> None:
+    """Refuse what may not stand in MAIL FROM or RCPT TO (without the brackets).
+
+    Raises EightBitAddress for a non-ASCII address without SMTPUTF8, and
+    AddressError for anything else that is not an RFC 5321 (RFC 6531 with
+    SMTPUTF8) mailbox: junk with spaces, a local part or domain holding
+    control characters, CR or LF (quoted or not). The message never repeats
+    the address: it may hold bytes that must not reach a log or a reply.
+    """
+    if not text.isascii() and not smtputf8:
+        raise EightBitAddress("non-ASCII address without SMTPUTF8")
+    if _MAILBOX[smtputf8 and not text.isascii()].fullmatch(text) is None:
+        raise AddressError("not an RFC 5321 mailbox")
+
+
 def lookup_order(address: Address, parent_domains: bool = False) -> list[str]:
     """The owners to try for an address, most specific first.
 

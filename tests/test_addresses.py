@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from mailseal.addresses import AddressError, fold_local, lookup_order, parse_address, parse_owner
+from mailseal.addresses import (
+    AddressError,
+    EightBitAddress,
+    check_envelope_address,
+    fold_local,
+    lookup_order,
+    parse_address,
+    parse_owner,
+)
 
 
 @pytest.mark.parametrize("text, owner", [
@@ -105,3 +113,29 @@ def test_fast_path_agrees_with_email_validator():
             assert full(text) == quick, text
 
     agree()
+
+
+@pytest.mark.parametrize("text, smtputf8", [
+    ("a@b.test", False), ("first.last+tag@sub.b.test", False), ('"john doe"@b.test', False),
+    ('"quoted\\"pair"@b.test', False), ("a@[127.0.0.1]", False), ("a@[IPv6:::1]", False), ("postmaster@b", False),
+    ("jörg@exämple.test", True), ('"jö rg"@b.test', True),
+])
+def test_envelope_addresses_that_are_mailboxes(text, smtputf8):
+    check_envelope_address(text, smtputf8)
+
+
+@pytest.mark.parametrize("text, smtputf8, error", [
+    ('"junk junk"', False, AddressError),  # what the SMTP parser makes of `MAIL FROM: junk junk`
+    ("a\rb@b.test", False, AddressError), ('"a\rb"@b.test', False, AddressError),
+    ('"a\nb"@b.test', True, AddressError), ('"a\x00"@b.test', False, AddressError),
+    ("a\x7f@b.test", False, AddressError), ('"a\\\x01"@b.test', False, AddressError),
+    ("a\u0085@b.test", True, AddressError),  # a C1 control (NEL)
+    ("a\udcff@b.test", True, AddressError),  # a byte that was not UTF-8
+    ("a.@b.test", False, AddressError), ("a..b@b.test", False, AddressError), ("a@-b.test", False, AddressError),
+    ("a b@b.test", False, AddressError), ("@b.test", False, AddressError), ("a@", False, AddressError),
+    ("jörg@b.test", False, EightBitAddress), ("a@exämple.test", False, EightBitAddress),
+])
+def test_envelope_addresses_refused(text, smtputf8, error):
+    with pytest.raises(error) as caught:
+        check_envelope_address(text, smtputf8)
+    assert text not in str(caught.value)  # never repeated into a reply or a log

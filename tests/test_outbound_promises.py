@@ -89,3 +89,80 @@ def test_to_and_cc_spelled_differently_from_the_envelope_share_one_copy(world):
     [copy] = world["wire"].wait(1)
     assert sorted(copy.rcpts) == ["Carol@b.test", "bob@b.test"]
     assert opened(copy.data, world["ids"]["carol"]) == msg
+
+
+# --- issue 9 item 7: envelope address syntax at the edge, both listeners ----------------------
+
+class RawSession:
+    """A raw SMTP session: exact bytes out, whole (multi-line) replies back."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.file = self.sock.makefile("rwb")
+        assert self.reply()[0] == 220
+        assert self.command(b"EHLO client.test")[0] == 250
+
+    def reply(self) -> tuple[int, bytes]:
+        lines = [self.file.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self.file.readline())
+        return int(lines[-1][:3]), lines[-1][4:].strip()
+
+    def command(self, line: bytes) -> tuple[int, bytes]:
+        self.file.write(line + b"\r\n")
+        self.file.flush()
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+HOSTILE_MAIL = [
+    (b"MAIL FROM: junk junk", 501, b"5.1.7"),
+    (b'MAIL FROM:<"a\rRCPT TO:<x@evil.test>"@a.test>', 501, b"5.1.7"),  # bare CR inside a quoted local part
+    (b'MAIL FROM:<"a\x00b"@a.test>', 501, b"5.1.7"),
+    (b"MAIL FROM:<a\x01b@a.test>", 501, b"5.1.7"),
+    (b'MAIL FROM:<"a\\\x07"@a.test>', 501, b"5.1.7"),  # a quoted-pair may not quote a control either
+    ("MAIL FROM:<jörg@exämple.test>".encode(), 553, b"5.6.7"),  # 8-bit without SMTPUTF8
+    (b"MAIL FROM:<a\xff@a.test> SMTPUTF8", 501, b"5.1.7"),  # not even UTF-8
+]
+HOSTILE_RCPT = [
+    (b"RCPT TO:<bob\x01@b.test>", 501, b"5.1.3"),
+    (b'RCPT TO:<"x\ry"@b.test>', 501, b"5.1.3"),
+    ("RCPT TO:<jörg@exämple.test>".encode(), 553, b"5.6.7"),
+]
+
+
+@pytest.mark.parametrize("listener", ["outbound", "inbound"])
+def test_hostile_envelope_addresses_are_refused_never_relayed_nor_logged(world, listener):
+    port = getattr(world["d"], f"{listener}_port")
+    sink = world["wire"] if listener == "outbound" else world["final"]
+    session = RawSession(port)
+    try:
+        for line, code, enhanced in HOSTILE_MAIL:
+            reply = session.command(line)
+            assert reply[0] == code and reply[1].startswith(enhanced), (line, reply)
+        # the session stays in step: a good MAIL, then hostile recipients
+        assert session.command(b"MAIL FROM:<alice@a.test>")[0] == 250
+        for line, code, enhanced in HOSTILE_RCPT:
+            reply = session.command(line)
+            assert reply[0] == code and reply[1].startswith(enhanced), (line, reply)
+        assert session.command(b"RCPT TO:<internal@c.test>")[0] == 250
+        assert session.command(b"DATA")[0] == 354
+        session.file.write(b"From: alice@a.test\r\nTo: internal@c.test\r\n\r\nhello\r\n.\r\n")
+        session.file.flush()
+        assert session.reply()[0] == 250
+        # with SMTPUTF8, UTF-8 addresses are welcome (the recipient gets a sealed copy)
+        assert session.command("MAIL FROM:<jörg@exämple.test> SMTPUTF8".encode())[0] == 250
+        assert session.command("RCPT TO:<jörg@exämple.test>".encode())[0] in (250, 550)
+        assert session.command(b"RSET")[0] == 250
+    finally:
+        session.close()
+    [got] = sink.wait(1)
+    assert (got.mail_from, got.rcpts) == ("alice@a.test", ["internal@c.test"])
+    log = world["d"].log_text()
+    for fragment in ("junk", "evil.test", "exämple", "\x00", "\x01", "\x07", "x\ry"):
+        assert fragment not in log, fragment

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 
-from ..addresses import AddressError, parse_address
+from ..addresses import AddressError, EightBitAddress, check_envelope_address, parse_address
 from . import replies
 from .replies import Reply
 
@@ -47,6 +47,9 @@ class BaseHandler:
                     return str(replies.MESSAGE_TOO_BIG)
         if self.ctx.stopping:
             return str(replies.SHUTTING_DOWN)
+        refusal = None if address in ("<>", "") else self.address_refusal(envelope, address, sender=True)
+        if refusal is not None:
+            return str(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -61,6 +64,20 @@ class BaseHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
+
+    @staticmethod
+    def address_refusal(envelope, address: str, *, sender: bool) -> Reply | None:
+        """Why MAIL (sender) or RCPT refuses this address at the edge, or None.
+
+        The reply never repeats the address: it may hold control characters.
+        """
+        try:
+            check_envelope_address(address, bool(envelope.smtp_utf8))
+        except EightBitAddress:
+            return replies.EIGHT_BIT_ADDRESS
+        except AddressError:
+            return replies.BAD_SENDER_SYNTAX if sender else replies.BAD_RECIPIENT_SYNTAX
+        return None
 
     @staticmethod
     def address(text: str):

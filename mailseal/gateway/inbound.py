@@ -71,6 +71,9 @@ class InboundHandler(BaseHandler):
         return sealed_size_limit(self.ctx.config.server.max_message_size)
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        refusal = self.address_refusal(envelope, address, sender=False)
+        if refusal is not None:
+            return str(refusal)
         if self.address(address) is None:
             return str(replies.BAD_ADDRESS)
         return self.accept(envelope, address, rcpt_options)

@@ -67,6 +67,9 @@ class OutboundHandler(BaseHandler):
         return policy.decide(chosen, keys)
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        refusal = self.address_refusal(envelope, address, sender=False)
+        if refusal is not None:
+            return str(refusal)
         parsed = self.address(address)
         if parsed is None:
             return str(replies.BAD_ADDRESS)
