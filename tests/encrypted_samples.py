@@ -119,5 +119,6 @@ def clear_dressed_up(certs: Certificates) -> dict[str, bytes]:
         # a real enveloped body, but which Content-Type counts depends on the reader
         "duplicated-content-type": pkcs7_mime(smime_enveloped_der(certs), b"; smime-type=enveloped-data",
                                               head=b"Content-Type: text/plain\r\n"),
-        "duplicated-content-type-on-pgp": pgp_mime(head=b"Content-Type: text/plain\r\n"),
+        "duplicated-content-type-on-pgp": pgp_mime().replace(b'boundary="b1"\r\n',
+                                                             b'boundary="b1"\r\nContent-Type: text/plain\r\n'),
     }

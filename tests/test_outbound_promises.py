@@ -8,6 +8,7 @@ import pytest
 
 from mailseal import age, bundle
 
+from . import encrypted_samples as samples
 from .bundle_tools import decoded_parts
 from .harness import Daemon, Sink, smtp_transaction
 
@@ -89,6 +90,47 @@ def test_to_and_cc_spelled_differently_from_the_envelope_share_one_copy(world):
     [copy] = world["wire"].wait(1)
     assert sorted(copy.rcpts) == ["Carol@b.test", "bob@b.test"]
     assert opened(copy.data, world["ids"]["carol"]) == msg
+
+
+# --- item 10: mail that says it is encrypted ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certs():
+    return samples.Certificates()
+
+
+@pytest.mark.parametrize("name", ["multipart-encrypted-label", "multipart-encrypted-pgp-protocol",
+                                  "pgp-armored-literal", "pgp-armor-of-text", "pkcs7-mime-no-smime-type",
+                                  "smime-signed-data", "smime-signed-data-labelled-enveloped",
+                                  "subject-says-encrypted", "duplicated-content-type",
+                                  "duplicated-content-type-on-pgp"])
+def test_clear_mail_claiming_to_be_encrypted_is_sealed_for_require(world, certs, name):
+    msg = samples.clear_dressed_up(certs)[name]
+    t = smtp_transaction(world["d"].outbound_port, "alice@a.test", ["ceo@b.test"], msg)
+    assert t.data[0] == 250, t
+    [copy] = world["wire"].wait(1)
+    assert_sealed(copy.data, samples.SUBJECT)
+    assert opened(copy.data, world["ids"]["ceo"]) == msg
+
+
+def test_really_encrypted_mail_is_sealed_again_when_a_key_is_known(world, certs, tmp_path):
+    for msg in (samples.pgp_mime(), samples.smime_enveloped(certs), samples.smime_auth_enveloped(certs, tmp_path)):
+        world["wire"].messages.clear()
+        t = smtp_transaction(world["d"].outbound_port, "alice@a.test", ["ceo@b.test"], msg)
+        assert t.data[0] == 250
+        [copy] = world["wire"].wait(1)
+        assert_sealed(copy.data, samples.SUBJECT)
+        assert opened(copy.data, world["ids"]["ceo"]) == msg
+
+
+def test_encrypted_mail_passes_unchanged_only_where_clear_is_allowed(world, certs):
+    msg = samples.smime_enveloped(certs)
+    t = smtp_transaction(world["d"].outbound_port, "alice@a.test", ["nokey@c.test", "ceo@b.test"], msg)
+    assert t.data[0] == 250
+    copies = {tuple(c.rcpts): c.data for c in world["wire"].wait(2)}
+    assert copies[("nokey@c.test",)] == msg  # opportunistic, no key: as it came
+    assert_sealed(copies[("ceo@b.test",)], samples.SUBJECT)
+    assert "decision=clear-smime+pq" in world["d"].log_text()
 
 
 # --- issue 9 item 7: envelope address syntax at the edge, both listeners ----------------------

@@ -4,6 +4,12 @@ RCPT: the recipient's policy and keys decide seal, pass or refuse (550
 5.7.1). DATA: decide again (a key revoked meanwhile gives 451 4.7.0), split
 the transaction into copies (policy.plan_copies), seal the sealed ones off
 the event loop, relay each copy, and answer only after the next hop did.
+
+What the message says about itself changes no decision: a recipient with a
+key gets a sealed copy even of mail that is already encrypted (double
+encryption is harmless), and mail passes unchanged only to recipients whose
+policy allows clear. encrypted.verify only names, in the log, clear copies
+that are verifiably encrypted already.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import time
 from email.utils import getaddresses
 
-from .. import bundle, mime, policy
+from .. import bundle, encrypted, mime, policy
 from ..keystore import KeystoreError
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -21,22 +27,6 @@ from .replies import Reply
 from .smtp import envelope_flags, session_xforward
 
 INLINE_SEAL_LIMIT = 256 * 1024  # smaller messages are sealed on the loop: a thread costs more
-
-
-def already_encrypted(message: bytes) -> bool:
-    """Sealed by mailseal, PGP/MIME, or S/MIME enveloped: passes unchanged."""
-    head, _ = mime.split_head(message)
-    lowered = head.lower()
-    if b"encrypted" not in lowered and b"pkcs7-mime" not in lowered:
-        return False  # the common case, without parsing the header
-    headers = mime.Headers(head)
-    ctype = headers.content_type()
-    if ctype == "multipart/encrypted":
-        return True
-    if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
-        smime = headers.param("smime-type", "enveloped-data").lower()
-        return smime in ("enveloped-data", "authenveloped-data")
-    return False
 
 
 def header_recipients(message: bytes) -> set[str]:
@@ -108,16 +98,16 @@ class OutboundHandler(BaseHandler):
         summary = "changed" if changed else "-"
         if todo:
             sealing = [r for r, d in todo.items() if d.action is policy.Action.SEAL]
-            if sealing and already_encrypted(message):
-                copies = [policy.Copy(tuple(todo), sealed=False)]
-                summary = "already-encrypted"
-            else:
-                # Who the headers name only matters when several are sealed;
-                # envelope and header spellings are compared canonically.
-                owners = header_recipients(message) if len(sealing) > 1 else set()
-                named = [r for r in sealing if self.address(r).owner in owners]
-                copies = policy.plan_copies(todo, named)
-                summary = "+".join(sorted({c.kind for c in copies}))
+            # Who the headers name only matters when several are sealed;
+            # envelope and header spellings are compared canonically.
+            owners = header_recipients(message) if len(sealing) > 1 else set()
+            named = [r for r in sealing if self.address(r).owner in owners]
+            copies = policy.plan_copies(todo, named)
+            kinds = {c.kind for c in copies}
+            if "clear" in kinds:
+                found = encrypted.verify(message)
+                kinds = kinds - {"clear"} | {f"clear-{found}" if found else "clear"}
+            summary = "+".join(sorted(kinds))
             results = await asyncio.gather(*(self._send(c, envelope, session, message) for c in copies))
             for result in results:
                 outcome.update(result)
