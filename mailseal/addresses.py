@@ -84,6 +84,7 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _EVERYDAY = re.compile(rf"({_ATEXT}(?:\.{_ATEXT})*)@((?:{_LABEL}\.)+[A-Za-z]{{2,63}})")
 _SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion"})
+_RESERVED_LDH = re.compile(r"(?:^|\.)[a-z0-9]{2}--")
 
 
 def _everyday(text: str) -> Address | None:
@@ -93,6 +94,8 @@ def _everyday(text: str) -> Address | None:
     domain = match.group(2).lower()
     if domain.rsplit(".", 1)[1] in _SPECIAL_USE or len(domain) > 253:
         return None
+    if "--" in domain and _RESERVED_LDH.search(domain):
+        return None  # "xn--" and other labels with "--" at 3-4: IDNA rules apply (the full check)
     return Address(match.group(1).lower(), domain)
 
 

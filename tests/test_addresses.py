@@ -139,3 +139,13 @@ def test_envelope_addresses_refused(text, smtputf8, error):
     with pytest.raises(error) as caught:
         check_envelope_address(text, smtputf8)
     assert text not in str(caught.value)  # never repeated into a reply or a log
+
+
+def test_labels_with_hyphens_at_3_and_4_take_the_idna_check():
+    """Found by the agreement test: `00--0` is a reserved (R-LDH) label, `xn--` must be valid punycode."""
+    with pytest.raises(AddressError):
+        parse_address("0@00--0.AA")
+    with pytest.raises(AddressError):
+        parse_address("a@xn--zz.test")
+    assert parse_address("JÖRG@xn--exmple-cua.TEST").owner == "jörg@xn--exmple-cua.test"
+    assert parse_address("a@a--b.test").owner == "a@a--b.test"
