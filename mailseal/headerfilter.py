@@ -87,10 +87,11 @@ def _name_regex(pattern: str) -> bytes:
 
 
 class HeaderFilter:
-    """Removes the fields named by patterns (glob, case-insensitive) and
-    leading continuation lines from a message's header block."""
+    """Removes the fields named by patterns (glob, case-insensitive) and,
+    unless told to keep them (`orphans=True`), leading continuation lines
+    from a message's header block."""
 
-    def __init__(self, patterns: Sequence[str]) -> None:
+    def __init__(self, patterns: Sequence[str], *, orphans: bool = False) -> None:
         for pattern in patterns:
             problem = pattern_problem(pattern)
             if problem:
@@ -101,14 +102,15 @@ class HeaderFilter:
         self._field = re.compile(field, re.I)
         self._hidden = re.compile(rb"\r" + field, re.I)  # behind a bare CR
         # Anything to do at all: one scan of the header block, no copy.
-        self._work = re.compile(rb"\A[ \t]|(?:\A|[\r\n])" + field, re.I)
+        self._work = re.compile((rb"" if orphans else rb"\A[ \t]|") + rb"(?:\A|[\r\n])" + field, re.I)
+        self._orphans = orphans
 
     def head(self, head: bytes) -> bytes:
         """The header block (without its ending empty line), filtered."""
         if not self._work.search(head):
             return head
         kept: list[bytes] = []
-        dropping = True  # a continuation line before any field belongs to none
+        dropping = not self._orphans  # a continuation line before any field belongs to none
         for match in _LINE.finditer(head):
             line = match.group()
             hidden = b"\r" in line[:-2] and self._hidden.search(line) is not None

@@ -59,6 +59,15 @@ def test_leading_continuation_lines_belong_to_no_field_and_go():
     assert for_clear_mail((), False).message(message) == b"From: a@a.test\r\nSubject: s\r\n folded\r\n\r\nbody\r\n"
 
 
+def test_orphans_true_keeps_leading_continuation_lines():
+    # The sealing side removes only what it names (Bcc) and seals the rest as it came.
+    message = b" odd first line\r\nFrom: a@a.test\r\nBcc: x@b.test,\r\n y@b.test\r\n\r\nbody\r\n"
+    keep = HeaderFilter(("Bcc",), orphans=True)
+    assert keep.message(message) == b" odd first line\r\nFrom: a@a.test\r\n\r\nbody\r\n"
+    no_bcc = b" odd first line\r\nFrom: a@a.test\r\n\r\nbody\r\n"
+    assert keep.message(no_bcc) is no_bcc
+
+
 def test_a_field_hidden_behind_a_bare_cr_goes_with_its_whole_line():
     # Python's email package reads a bare CR as a line break, Postfix does not:
     # the line goes whole, so neither sees the forged field and no line merges.

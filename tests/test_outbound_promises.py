@@ -92,6 +92,32 @@ def test_to_and_cc_spelled_differently_from_the_envelope_share_one_copy(world):
     assert opened(copy.data, world["ids"]["carol"]) == msg
 
 
+# --- item 11: Bcc ---------------------------------------------------------------------------------
+
+BCC_HEAD = (b"From: alice@a.test\r\nTo: Bob <bob@b.test>\r\nCc: carol@b.test\r\n",
+            b"Bcc: ceo@b.test,\r\n\tthe-board@b.test\r\n",
+            b"Subject: quarterly numbers\r\n",
+            b"resent-BCC : auditor@b.test\r\n",
+            b"X-Note: a\rBcc: hidden@b.test\r\n  hidden2@b.test\r\n",  # a Bcc behind a bare CR
+            b"Message-ID: <m2@a.test>\r\n\r\n" + SECRET + b"\r\nBcc: this line is body\r\n")
+
+
+def test_bcc_fields_never_travel_in_a_sealed_copy(world):
+    msg = b"".join(BCC_HEAD)
+    without_bcc = BCC_HEAD[0] + BCC_HEAD[2] + BCC_HEAD[5]  # byte for byte, but for the Bcc fields
+    t = smtp_transaction(world["d"].outbound_port, "alice@a.test", ["bob@b.test", "carol@b.test", "ceo@b.test"], msg)
+    assert t.data[0] == 250
+    copies = {tuple(sorted(c.rcpts)): c.data for c in world["wire"].wait(2)}
+    assert set(copies) == {("bob@b.test", "carol@b.test"), ("ceo@b.test",)}
+    shared = opened(copies[("bob@b.test", "carol@b.test")], world["ids"]["bob"])
+    own = opened(copies[("ceo@b.test",)], world["ids"]["ceo"])
+    for plaintext in (shared, own):  # the Bcc copy holds no Bcc field either (not even its own)
+        assert plaintext == without_bcc
+    for data in copies.values():
+        for hidden in (b"ceo@", b"the-board", b"auditor", b"hidden"):
+            assert hidden not in data
+
+
 # --- item 10: mail that says it is encrypted ---------------------------------------------------
 
 @pytest.fixture(scope="module")

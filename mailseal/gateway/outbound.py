@@ -18,7 +18,7 @@ import asyncio
 import time
 from email.utils import getaddresses
 
-from .. import bundle, encrypted, mime, policy
+from .. import bundle, encrypted, headerfilter, mime, policy
 from ..keystore import KeystoreError
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -27,6 +27,9 @@ from .replies import Reply
 from .smtp import envelope_flags, session_xforward
 
 INLINE_SEAL_LIMIT = 256 * 1024  # smaller messages are sealed on the loop: a thread costs more
+# A Bcc list never travels in a sealed copy, shared or not; the rest of the
+# message is sealed byte for byte (a malformed leading line included).
+WITHOUT_BCC = headerfilter.HeaderFilter(("Bcc", "Resent-Bcc"), orphans=True)
 
 
 def header_recipients(message: bytes) -> set[str]:
@@ -108,7 +111,9 @@ class OutboundHandler(BaseHandler):
                 found = encrypted.verify(message)
                 kinds = kinds - {"clear"} | {f"clear-{found}" if found else "clear"}
             summary = "+".join(sorted(kinds))
-            results = await asyncio.gather(*(self._send(c, envelope, session, message) for c in copies))
+            hidden = WITHOUT_BCC.message(message) if sealing else message
+            results = await asyncio.gather(*(self._send(c, envelope, session, hidden if c.sealed else message)
+                                             for c in copies))
             for result in results:
                 outcome.update(result)
         self.log_message(qid, envelope, summary, outcome, started, message_id(message))
