@@ -48,11 +48,24 @@ def test_postfix_snippets_match_the_production_ports():
     cfg = config_mod.load(ROOT / "config" / "mailseal.production.toml")
     master = (ROOT / "config" / "postfix" / "master.cf").read_text()
     main = (ROOT / "config" / "postfix" / "main.cf").read_text()
-    assert f"content_filter = mailseal:[127.0.0.1]:{cfg.outbound.listen.port}" in main
+    assert f"content_filter = mailseal-out:[127.0.0.1]:{cfg.outbound.listen.port}" in main
     assert f"127.0.0.1:{cfg.outbound.next_hop.endpoint.port} inet" in master
-    assert f"content_filter=mailseal:[127.0.0.1]:{cfg.inbound.listen.port}" in master
+    assert f"content_filter=mailseal-in:[127.0.0.1]:{cfg.inbound.listen.port}" in master
     assert f"127.0.0.1:{cfg.inbound.next_hop.endpoint.port} inet" in master
     assert "smtp_send_xforward_command=yes" in master
+    # Sizes agree (docs/OPERATIONS.md): users' side at most mailseal's limit,
+    # port 25 at most what the inbound listener takes, the rest at least that.
+    from mailseal.gateway.inbound import sealed_size_limit
+
+    limits = dict(re.findall(r"^(\w+_limit) = (\d+)$", main, re.M))
+    submission = re.search(r"^submission inet.*?(?=^\S)", master, re.M | re.S).group(0)
+    smtp = re.search(r"^smtp +inet.*?(?=^\S)", master, re.M | re.S).group(0)
+    m = cfg.server.max_message_size
+    assert int(re.search(r"message_size_limit=(\d+)", submission).group(1)) <= m
+    assert m < int(re.search(r"message_size_limit=(\d+)", smtp).group(1)) <= sealed_size_limit(m)
+    assert int(limits["message_size_limit"]) >= m * 137 // 100
+    for name in ("mailbox_size_limit", "virtual_mailbox_limit"):
+        assert int(limits[name]) >= int(limits["message_size_limit"]), name
 
 
 def test_readme_starts_with_the_two_commands():
