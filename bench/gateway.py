@@ -8,11 +8,16 @@ the same messages through, in the same run:
   plain       smtp-source -> mailseal outbound, policy plain -> smtp-sink
   seal-1      ... sealing to one post-quantum recipient
   seal-5      ... sealing to five post-quantum recipients (one copy, five stanzas)
-  seal-N      ... sealing to one recipient, a new address every message (-N,
-              found through the @b.test domain key): the like-for-like
-              reference for open, whose recipients must differ too
-  open        smtp-source -> mailseal inbound, opening (each message to a new
-              recipient, -N, so the replay cache sees no repeats) -> smtp-sink
+  seal-N      bench/drive.py -> mailseal outbound, sealing to one recipient, a
+              new address every message (found through the @b.test domain
+              key): the like-for-like reference for open
+  open        bench/drive.py -> mailseal inbound, opening: every message is
+              its own bundle bound to its own new recipient (so the replay
+              cache sees no repeats and the binding holds) -> smtp-sink
+
+seal-N and open take bench/drive.py, a driver like smtp-source -d -s 10 that
+sends a different recipient and message in every transaction, which
+smtp-source cannot.
 
 Prints messages/s, MB/s, CPU ms per message and peak RSS of the proxy
 process, ratios against the baseline; writes bench/results/gateway.json and
@@ -40,6 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mailseal import age, bundle  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import drive as driver  # noqa: E402
 
 SIZES = {"1KB": 1_000, "100KB": 100_000, "10MB": 10_000_000}
 COUNTS = {"1KB": 4000, "100KB": 1000, "10MB": 40}
@@ -102,13 +110,20 @@ class Run:
     def __init__(self, work: Path, sink_port: int) -> None:
         self.work, self.sink_port = work, sink_port
 
-    def source(self, port: int, msg_file: Path, count: int, *, to: str, rcpts: int = 1, unique: bool = False) -> float:
+    def drive(self, port: int, jobs: Path) -> float:
+        """bench/drive.py with SESSIONS sessions over a job file."""
+        return self.drive_sessions(port, jobs, SESSIONS)
+
+    def drive_sessions(self, port: int, jobs: Path, sessions: int) -> float:
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "drive.py"), str(port), str(sessions), str(jobs)],
+                             check=True, capture_output=True, text=True, timeout=1800)
+        return float(out.stdout)
+
+    def source(self, port: int, msg_file: Path, count: int, *, to: str, rcpts: int = 1) -> float:
         cmd = ["smtp-source", "-d", "-s", str(SESSIONS), "-m", str(count), "-F", str(msg_file),
                "-f", "alice@a.test", "-t", to, "-M", "client.a.test"]
         if rcpts > 1:
             cmd += ["-r", str(rcpts)]
-        if unique:
-            cmd.append("-N")
         start = time.perf_counter()
         subprocess.run([*cmd, f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL, timeout=1800)
         return time.perf_counter() - start
@@ -182,16 +197,22 @@ def main() -> int:
             for name, to in (("one", ["bob@b.test"]), ("five", recipients)):
                 files[name] = work / f"{label}-{name}.eml"
                 files[name].write_bytes(message(size, to).replace(b"\r\n", b"\n"))
-            files["sealed"] = work / f"{label}-sealed.eml"
-            files["sealed"].write_bytes(bundle.seal(message(size, ["bob@b.test"]), [domain_key], bind=["bob@b.test"]).replace(b"\r\n", b"\n"))
+            # seal-N and open: a new recipient every message; open's bundles
+            # are each bound to theirs, as a sending gateway binds them.
+            one = message(size, ["bob@b.test"])
+            rcpts = [f"{i}bob@b.test" for i in range(1, count + 1)]
+            files["seal-N"], files["open"] = work / f"{label}-seal-N.jobs", work / f"{label}-open.jobs"
+            driver.write_jobs(files["seal-N"], [(r, one) for r in rcpts])
+            driver.write_jobs(files["open"], [(r, bundle.seal(one, [domain_key], bind=[r], eol=b"\r\n"))
+                                             for r in rcpts])
             scenarios = {
                 "ceiling": (None, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "baseline": ("baseline", lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "plain": (plain_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "seal-1": (seal_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "seal-5": (seal_cfg, lambda port: run.source(port, files["five"], count, to="bob@b.test", rcpts=5)),
-                "seal-N": (seal_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test", unique=True)),
-                "open": (b_cfg, lambda port: run.source(port, files["sealed"], count, to="bob@b.test", unique=True)),
+                "seal-N": (seal_cfg, lambda port: run.drive(port, files["seal-N"])),
+                "open": (b_cfg, lambda port: run.drive(port, files["open"])),
             }
             row = {}
             for name, (target, drive) in scenarios.items():
@@ -232,8 +253,8 @@ def measure(target, drive, sink_port: int, env) -> dict:
 
         text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', text)
         Path(target).write_text(text)
-        # smtp-source -N numbers recipients from 1 again in every run: a fresh
-        # replay cache, or the second run would be (rightly) refused as replays.
+        # Every run sends the same bundles to the same recipients again: a
+        # fresh replay cache, or the second run would be (rightly) refused.
         for stale in Path(target).parent.glob("state/replay.sqlite3*"):
             stale.unlink()
         cmd = [sys.executable, "-m", "mailseal", "-c", str(target), "serve"]

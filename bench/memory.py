@@ -54,19 +54,21 @@ def main() -> int:
 
         big = gw.message(50_000_000, ["bob@b.test"])
         (work / "big.eml").write_bytes(big.replace(b"\r\n", b"\n"))
-        (work / "big-sealed.eml").write_bytes(bundle.seal(big, [key], bind=["bob@b.test"]).replace(b"\r\n", b"\n"))
+        gw.driver.write_jobs(work / "big-sealed.jobs", [("bob@b.test", bundle.seal(big, [key], bind=["bob@b.test"],
+                                                                             eol=b"\r\n"))])
         ten = gw.message(10_000_000, ["bob@b.test"])
         (work / "ten.eml").write_bytes(ten.replace(b"\r\n", b"\n"))
 
-        def one(target, path, *, unique=False, sessions=1, count=1):
+        def one(target, path, *, sessions=1, count=1):
             gw.SESSIONS = sessions
-            return gw.measure(target, lambda port: run.source(port, path, count, to="bob@b.test", unique=unique),
+            return gw.measure(target, lambda port: run.source(port, path, count, to="bob@b.test"),
                               sink_port, env)
 
         rows = {
             "50MB outbound, baseline proxy": (one("baseline", work / "big.eml"), len(big)),
             "50MB outbound, sealing": (one(a_cfg, work / "big.eml"), len(big)),
-            "50MB inbound, opening": (one(b_cfg, work / "big-sealed.eml", unique=True), len(big)),
+            "50MB inbound, opening": (gw.measure(b_cfg, lambda port: run.drive_sessions(port, work / "big-sealed.jobs", 1),
+                                                 sink_port, env), len(big)),
             "10 x 10MB concurrent, baseline proxy": (one("baseline", work / "ten.eml", sessions=10, count=10), None),
             "10 x 10MB concurrent, sealing": (one(a_cfg, work / "ten.eml", sessions=10, count=10), None),
         }
