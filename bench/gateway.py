@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mailseal import age, bundle  # noqa: E402
+from mailseal.keystore import parse_cards  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import drive as driver  # noqa: E402
@@ -187,7 +188,7 @@ def main() -> int:
         ms(seal_cfg, "keys", "import", "@b.test", str(age.generate().recipient()))
         for r in recipients:
             ms(seal_cfg, "keys", "import", r, str(age.generate().recipient()))
-        domain_key = age.parse_recipient(domain_card.split("key: ")[1].split()[0])
+        domain_key = parse_cards(domain_card)[0].recipient
 
         results: dict = {"machine": machine(), "sessions": SESSIONS, "workers": args.workers, "sizes": {}}
         for label in args.sizes.split(","):

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gateway as gw  # noqa: E402  (bench/gateway.py: shared helpers)
 
 from mailseal import age, bundle  # noqa: E402
+from mailseal.keystore import parse_cards  # noqa: E402
 
 
 def main() -> int:
@@ -47,7 +48,7 @@ def main() -> int:
             "listen": f"127.0.0.1:{gw.free_port()}", "next_hop": f"127.0.0.1:{sink_port}"}, workers=1)
         gw.ms(b_cfg, "keys", "generate", "@b.test")
         card = gw.ms(b_cfg, "keys", "export", "@b.test")
-        key = age.parse_recipient(card.split("key: ")[1].split()[0])
+        key = parse_cards(card)[0].recipient
         a_cfg = gw.mailseal_config(work / "a", outbound={
             "listen": f"127.0.0.1:{gw.free_port()}", "next_hop": f"127.0.0.1:{sink_port}"}, inbound=None, workers=1)
         gw.ms(a_cfg, "keys", "import", "bob@b.test", str(key))

@@ -121,16 +121,18 @@ def _run(args: argparse.Namespace, create: bool, action):
 def cmd_generate(args: argparse.Namespace) -> int:
     owner = _owner(args.owner)
     expires = _expires(args.expires)
-    record = _run(args, True, lambda s: s.generate(owner, classic=args.classic, label=args.label or "",
-                                                   expires=expires))
-    print(f"generated {record.kind} key {record.fingerprint} for {owner}")
+    signing_kind = None if args.signing == "none" else {"hybrid": "ed25519+mldsa65"}.get(args.signing, args.signing)
+    records = _run(args, True, lambda s: s.generate_keys(owner, classic=args.classic, signing_kind=signing_kind,
+                                                         label=args.label or "", expires=expires))
+    for record in records:
+        print(f"generated {record.kind} key {record.fingerprint} for {owner}")
     print(f"give its public key to your partners: mailseal keys export {owner}")
     return 0
 
 
 def _read_import_source(source: str) -> tuple[str, str]:
     """(text, description) of a recipient string, a file, or - for stdin."""
-    if source.startswith("age1"):
+    if source.startswith(("age1", "mailseal-sign-")):
         return source, "imported from the command line"
     if source.upper().startswith("AGE-SECRET-KEY-"):
         raise UserError("that is a private key; import the partner's public key (age1pq1…/age1…)")
@@ -162,8 +164,15 @@ def cmd_import(args: argparse.Namespace) -> int:
                 raise UserError(f"the key card is for {card.owner}, not {owner}")
         keys = [(owner, c.recipient, expires if expires is not None else c.expires) for c in cards]
     else:
+        from . import signing
+
         try:
-            keys = [(owner, r, expires) for r in age.parse_recipients(text)]
+            if signing.looks_like_verify_key(text):
+                keys = [(owner, signing.parse_verify_key(text), expires)]
+            else:
+                keys = [(owner, r, expires) for r in age.parse_recipients(text)]
+        except signing.SigningKeyError as exc:
+            raise UserError(f"bad signing key: {exc}") from None
         except age.KeyFormatError as exc:
             if where.endswith("command line"):
                 raise UserError(f"bad recipient {args.source!r}: {str(exc).removeprefix('line 1: ')}") from None
@@ -231,9 +240,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     owner = _owner(args.owner)
-    new, retired = _run(args, False, lambda s: s.rotate(owner))
-    print(f"new {new.kind} key {new.fingerprint} for {owner}; retired (still opens mail): "
-          + ", ".join(r.fingerprint for r in retired))
+    for new, retired in _run(args, False, lambda s: s.rotate_keys(owner)):
+        print(f"new {new.kind} key {new.fingerprint} for {owner}; retired (still opens mail): "
+              + ", ".join(r.fingerprint for r in retired))
     print(f"give the new public key to your partners: mailseal keys export {owner}")
     return 0
 
@@ -270,8 +279,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # --- policy ------------------------------------------------------------------------
 
+INBOUND_POLICIES = ("signed", "sealed", "any")
+
+
 def cmd_policy_set(args: argparse.Namespace) -> int:
     owner = _owner(args.owner)
+    if args.inbound:
+        if args.policy not in INBOUND_POLICIES:
+            raise UserError(f"inbound policy must be one of {', '.join(INBOUND_POLICIES)}")
+        _run(args, True, lambda s: s.set_inbound_policy(owner, args.policy))
+        print(f"inbound policy for mail from {owner}: {args.policy}")
+        return 0
+    if args.policy not in config_mod.POLICIES:
+        raise UserError(f"policy must be one of {', '.join(config_mod.POLICIES)}")
     _run(args, True, lambda s: s.set_policy(owner, args.policy))
     print(f"policy for {owner}: {args.policy}")
     return 0
@@ -279,12 +299,25 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 
 def cmd_policy_unset(args: argparse.Namespace) -> int:
     owner = _owner(args.owner)
+    if args.inbound:
+        _run(args, False, lambda s: s.unset_inbound_policy(owner))
+        print(f"inbound policy for mail from {owner} removed (any)")
+        return 0
     _run(args, False, lambda s: s.unset_policy(owner))
     print(f"policy for {owner} removed (the default applies)")
     return 0
 
 
 def cmd_policy_list(args: argparse.Namespace) -> int:
+    if args.inbound:
+        rows = _run(args, False, lambda s: s.list_inbound_policies())
+        if args.json:
+            json.dump([{"owner": o, "policy": p, "updated": u} for o, p, u in rows], sys.stdout, indent=2)
+            print()
+        else:
+            print(_table([["SENDER", "INBOUND POLICY", "UPDATED"]] + [[o, p, _when(u)] for o, p, u in rows])
+                  if rows else "no inbound policies set: mail from every sender is accepted as it comes (any)")
+        return 0
     rows = _run(args, False, lambda s: s.list_policies())
     if args.json:
         json.dump([{"owner": o, "policy": p, "updated": u} for o, p, u in rows], sys.stdout, indent=2)
@@ -302,6 +335,8 @@ def add_commands(commands) -> None:
     p = keys.add_parser("generate", help="new local identity (post-quantum unless --classic)")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
     p.add_argument("--classic", action="store_true", help="X25519, for partners on older tools")
+    p.add_argument("--signing", choices=("hybrid", "ed25519", "none"), default="hybrid",
+                   help="signing key beside it: Ed25519 + ML-DSA-65 (default), Ed25519 only, or none")
     p.add_argument("--label", help="free text shown in lists")
     p.add_argument("--expires", metavar="DURATION|DATE", help="e.g. 365d or 2027-12-31 (default: never)")
     p.set_defaults(func=cmd_generate)
@@ -337,13 +372,17 @@ def add_commands(commands) -> None:
 
     policy = commands.add_parser("policy", help="sealing policy per address or domain").add_subparsers(
         dest="policy_command", metavar="ACTION", required=True)
-    p = policy.add_parser("set", help="require | opportunistic | plain")
+    inbound_help = "inbound policy for mail from this sender (signed | sealed | any)"
+    p = policy.add_parser("set", help="require | opportunistic | plain; with --inbound: signed | sealed | any")
+    p.add_argument("--inbound", action="store_true", help=inbound_help)
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
-    p.add_argument("policy", choices=config_mod.POLICIES)
+    p.add_argument("policy", metavar="POLICY")
     p.set_defaults(func=cmd_policy_set)
     p = policy.add_parser("unset", help="back to the default policy")
+    p.add_argument("--inbound", action="store_true", help=inbound_help)
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
     p.set_defaults(func=cmd_policy_unset)
     p = policy.add_parser("list", help="every policy set")
+    p.add_argument("--inbound", action="store_true", help="the inbound policies")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_policy_list)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mailseal import bundle
+from mailseal.keystore import parse_cards
 
 from .harness import Daemon, Sink, smtp_transaction
 
@@ -140,7 +141,7 @@ def test_a_bundle_bound_to_nobody_opens_for_nobody(world, tmp_path):
 
     card = tmp_path / "bob.card"
     card.write_text(world["b"].cli("keys", "export", "bob@b.test"))
-    key = card.read_text().split("key: ")[1].split()[0]
+    key = str(parse_cards(card.read_text())[0].recipient)
     sealed = run_cli("seal", "-r", key, "--no-bind", input=message("bob@b.test"))
     assert sealed.returncode == 0, sealed.stderr
     t = smtp_transaction(world["b"].inbound_port, "alice@a.test", ["bob@b.test"], sealed.stdout)

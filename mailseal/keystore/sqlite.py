@@ -18,14 +18,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .. import age
+from .. import age, signing
 from ..addresses import Address, AddressError, lookup_order, parse_owner
 from . import audit, canonical, masterkey
 from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable
 from .fingerprint import fingerprint, looks_like_fingerprint, normalise
-from .records import LOCAL, REMOTE, KeyRecord, kind_of
+from .records import LOCAL, REMOTE, SIGNING_KINDS, KeyRecord, PublicKey, family, kind_of
 
 POLICIES = ("require", "opportunistic", "plain")
+INBOUND_POLICIES = ("signed", "sealed", "any")
+_ENCRYPTION = "kind IN ('mlkem768x25519', 'X25519')"
+_SIGNING = "kind IN ('ed25519+mldsa65', 'ed25519')"
 
 
 def _canonical_owners(store: SQLiteKeyStore) -> None:
@@ -78,6 +81,39 @@ MIGRATIONS = [
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
     _canonical_owners,  # 2: owners in canonical form (keystore/canonical.py)
+    # 3: signing keys live beside encryption keys (a wider kind); inbound
+    # policy per sending domain. SQLite cannot widen a CHECK in place.
+    """
+    CREATE TABLE keys_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL CHECK (scope IN ('local', 'remote')),
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519')),
+        recipient TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        secret BLOB,
+        label TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER,
+        retired INTEGER,
+        revoked INTEGER,
+        reason TEXT,
+        CHECK ((scope = 'local') = (secret IS NOT NULL)),
+        UNIQUE (scope, owner, recipient)
+    );
+    INSERT INTO keys_new SELECT id, scope, owner, kind, recipient, fingerprint, secret, label, source, created,
+        expires, retired, revoked, reason FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_new RENAME TO keys;
+    CREATE INDEX keys_owner ON keys (owner, scope);
+    CREATE INDEX keys_fingerprint ON keys (fingerprint);
+    CREATE TABLE inbound_policies (
+        owner TEXT PRIMARY KEY,
+        policy TEXT NOT NULL CHECK (policy IN ('signed', 'sealed', 'any')),
+        updated INTEGER NOT NULL
+    );
+    """,
 ]
 
 _COLUMNS = ("id, scope, owner, kind, recipient, fingerprint, label, source, created, expires, "
@@ -308,7 +344,7 @@ class SQLiteKeyStore:
 
     def _recipients_for(self, address: Address) -> tuple[age.Recipient, ...]:
         rows = self._select_first_owner(
-            "SELECT owner, recipient FROM keys WHERE scope = 'remote' AND owner IN ({owners}) "
+            f"SELECT owner, recipient FROM keys WHERE scope = 'remote' AND {_ENCRYPTION} AND owner IN ({{owners}}) "
             "AND revoked IS NULL AND (expires IS NULL OR expires > ?) ORDER BY id",
             self._owners(address), int(self._clock()),
         )
@@ -333,7 +369,7 @@ class SQLiteKeyStore:
         marks = ",".join("?" * len(owners))
         with _sqlite_errors(self.path):
             rows = self._db.execute(
-                f"SELECT id, owner, recipient, secret FROM keys WHERE scope = 'local' "
+                f"SELECT id, owner, recipient, secret FROM keys WHERE scope = 'local' AND {_ENCRYPTION} "
                 f"AND owner IN ({marks}) ORDER BY id DESC", owners).fetchall()
         rank = {owner: i for i, owner in enumerate(owners)}
         rows.sort(key=lambda r: rank[r[1]])
@@ -348,6 +384,51 @@ class SQLiteKeyStore:
                 self._identity_cache[(key_id, recipient)] = identity
             out.append(identity)
         return tuple(out)
+
+    def signing_key_for(self, address: Address) -> tuple[str, signing.SigningKey] | None:
+        """(signer, key): the newest usable local signing key of the most
+        specific owner (the address, else its domain); None when there is none.
+        The signer is the owner as a signature names it (`a.test` for `@a.test`)."""
+        return self._cached(("signing", address), lambda: self._signing_key_for(address))
+
+    def _signing_key_for(self, address: Address) -> tuple[str, signing.SigningKey] | None:
+        rows = self._select_first_owner(
+            f"SELECT owner, id, recipient, secret FROM keys WHERE scope = 'local' AND {_SIGNING} "
+            "AND owner IN ({owners}) AND revoked IS NULL AND retired IS NULL AND (expires IS NULL OR expires > ?) "
+            "ORDER BY id DESC", self._owners(address), int(self._clock()))
+        if not rows:
+            return None
+        owner, key_id, public, secret = rows[0]
+        key = signing.parse_signing_key(self.master().open(secret, _identity_context(owner, public)).decode())
+        if str(key.public()) != public:
+            raise MasterKeyError(f"stored signing key {fingerprint(public)} does not match its public key")
+        return owner.removeprefix("@"), key
+
+    def verify_keys_for(self, signer: str) -> list[signing.VerifyKey]:
+        """Keys that may verify a signature by `signer` (an address, or a domain
+        without `@`): imported for exactly that owner, or our own; never a
+        revoked or expired one. A retired own key still verifies (overlap)."""
+        return list(self._cached(("verify", signer), lambda: self._verify_keys_for(signer)))
+
+    def _verify_keys_for(self, signer: str) -> tuple[signing.VerifyKey, ...]:
+        try:
+            owner = _owner(signer if "@" in signer else "@" + signer)
+        except KeystoreError:
+            return ()
+        with _sqlite_errors(self.path):
+            rows = self._db.execute(
+                f"SELECT recipient FROM keys WHERE owner = ? AND {_SIGNING} AND revoked IS NULL "
+                "AND (expires IS NULL OR expires > ?) ORDER BY id DESC", (owner, int(self._clock()))).fetchall()
+        return tuple(signing.parse_verify_key(text) for (text,) in rows)
+
+    def inbound_policy_for(self, address: Address) -> tuple[str, str] | None:
+        """(owner, policy) of the most specific inbound policy for a sender."""
+        return self._cached(("inbound-policy", address), lambda: self._inbound_policy_for(address))
+
+    def _inbound_policy_for(self, address: Address) -> tuple[str, str] | None:
+        rows = self._select_first_owner("SELECT owner, policy FROM inbound_policies WHERE owner IN ({owners})",
+                                        self._owners(address))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def policy_for(self, address: Address) -> tuple[str, str] | None:
         """(owner, policy) of the most specific policy set for the address, if any."""
@@ -396,22 +477,50 @@ class SQLiteKeyStore:
         secret = self.master().seal(str(identity).encode(), _identity_context(owner, recipient))
         return self._insert(LOCAL, owner, recipient, kind_of(identity.recipient()), secret, label, source, expires)
 
+    def _new_signing_key(self, owner: str, kind: str, label: str, source: str,
+                         expires: int | None) -> KeyRecord:
+        key = signing.generate(kind)
+        public = str(key.public())
+        secret = self.master().seal(str(key).encode(), _identity_context(owner, public))
+        return self._insert(LOCAL, owner, public, kind, secret, label, source, expires)
+
     def generate(self, owner: str, *, classic: bool = False, label: str = "",
                  expires: int | None = None) -> KeyRecord:
         """A new local identity for owner (post-quantum hybrid unless classic)."""
+        return self.generate_keys(owner, classic=classic, label=label, expires=expires)[0]
+
+    def generate_keys(self, owner: str, *, classic: bool = False, signing_kind: str | None = None,
+                      label: str = "", expires: int | None = None) -> list[KeyRecord]:
+        """A new encryption identity and, with signing_kind, a signing key
+        beside it (one transaction: both or neither)."""
+        owner = _owner(owner)
+        if signing_kind is not None and signing_kind not in SIGNING_KINDS:
+            raise KeystoreError(f"signing key kind must be one of {', '.join(SIGNING_KINDS)}")
+        self.master()
+        with self._write():
+            made = [self._new_identity(owner, classic, label, "generated", expires)]
+            if signing_kind is not None:
+                made.append(self._new_signing_key(owner, signing_kind, label, "generated", expires))
+            return made
+
+    def generate_signing(self, owner: str, kind: str = signing.HYBRID, *, label: str = "",
+                         expires: int | None = None) -> KeyRecord:
+        """A new local signing key for owner (beside its encryption keys)."""
+        if kind not in SIGNING_KINDS:
+            raise KeystoreError(f"signing key kind must be one of {', '.join(SIGNING_KINDS)}")
         owner = _owner(owner)
         self.master()
         with self._write():
-            return self._new_identity(owner, classic, label, "generated", expires)
+            return self._new_signing_key(owner, kind, label, "generated", expires)
 
-    def import_recipient(self, owner: str, recipient: age.Recipient, *, label: str = "",
+    def import_recipient(self, owner: str, recipient: PublicKey, *, label: str = "",
                          source: str = "imported", expires: int | None = None) -> KeyRecord:
         """A public key to seal owner's mail to."""
         owner = _owner(owner)
         with self._write():
             return self._insert(REMOTE, owner, str(recipient), kind_of(recipient), None, label, source, expires)
 
-    def import_many(self, keys: list[tuple[str, age.Recipient, int | None]], *,
+    def import_many(self, keys: list[tuple[str, PublicKey, int | None]], *,
                     label: str = "", source: str = "imported") -> list[KeyRecord]:
         """Several (owner, recipient, expires) in one transaction: all are imported, or none."""
         keys = [(_owner(owner), r, exp) for owner, r, exp in keys]
@@ -445,21 +554,40 @@ class SQLiteKeyStore:
             return [self._records("id = ?", (r.id,))[0] for r in records]
 
     def rotate(self, owner: str) -> tuple[KeyRecord, list[KeyRecord]]:
-        """A new local identity of the same kind; the old ones retire but keep opening mail."""
+        """A new local identity of the same kind; the old ones retire but keep opening mail.
+
+        Signing keys rotate with it: a new one of the same kind, the old one
+        retired (no longer signs; partners keep its public key during the
+        overlap and revoke it when they like).
+        """
+        rotated = self.rotate_keys(owner)
+        return rotated[0]
+
+    def rotate_keys(self, owner: str) -> list[tuple[KeyRecord, list[KeyRecord]]]:
+        """(new, retired) for each family (encryption first, then signing) with an active key."""
         owner = _owner(owner)
         self.master()
         with self._write():
             current = [r for r in self._records("scope = 'local' AND owner = ?", (owner,))
                        if r.status(self._clock()) == "active"]
-            if not current:
+            if not any(family(r.kind) == "encryption" for r in current):
                 raise NotFound(f"no active local key for {owner} to rotate (use `keys generate`)")
             now = int(self._clock())
-            for record in current:
-                self._db.execute("UPDATE keys SET retired = ? WHERE id = ?", (now, record.id))
-            new = self._new_identity(owner, current[-1].kind == "X25519", current[-1].label,
-                                     f"rotated from {current[-1].fingerprint}", None)
-            self._audit("key.rotate", owner, {"new": new.fingerprint, "retired": [r.fingerprint for r in current]})
-            return new, [self._records("id = ?", (r.id,))[0] for r in current]
+            out = []
+            for kinds in ("encryption", "signing"):
+                old = [r for r in current if family(r.kind) == kinds]
+                if not old:
+                    continue
+                for record in old:
+                    self._db.execute("UPDATE keys SET retired = ? WHERE id = ?", (now, record.id))
+                source = f"rotated from {old[-1].fingerprint}"
+                if kinds == "encryption":
+                    new = self._new_identity(owner, old[-1].kind == "X25519", old[-1].label, source, None)
+                else:
+                    new = self._new_signing_key(owner, old[-1].kind, old[-1].label, source, None)
+                self._audit("key.rotate", owner, {"new": new.fingerprint, "retired": [r.fingerprint for r in old]})
+                out.append((new, [self._records("id = ?", (r.id,))[0] for r in old]))
+            return out
 
     def delete(self, target: str) -> list[KeyRecord]:
         """Remove keys for good: a deleted local identity opens nothing any more."""
@@ -488,6 +616,28 @@ class SQLiteKeyStore:
             if not self._db.execute("DELETE FROM policies WHERE owner = ?", (owner,)).rowcount:
                 raise NotFound(f"no policy is set for {owner}")
             self._audit("policy.unset", owner, {})
+
+    def set_inbound_policy(self, owner: str, policy: str) -> None:
+        """What mail claiming to come from owner (a sending domain or address) must be."""
+        if policy not in INBOUND_POLICIES:
+            raise KeystoreError(f"inbound policy must be one of {', '.join(INBOUND_POLICIES)}")
+        owner = _owner(owner)
+        with self._write():
+            self._db.execute("INSERT INTO inbound_policies VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
+                             "SET policy = excluded.policy, updated = excluded.updated",
+                             (owner, policy, int(self._clock())))
+            self._audit("policy.inbound.set", owner, {"policy": policy})
+
+    def unset_inbound_policy(self, owner: str) -> None:
+        owner = _owner(owner)
+        with self._write():
+            if not self._db.execute("DELETE FROM inbound_policies WHERE owner = ?", (owner,)).rowcount:
+                raise NotFound(f"no inbound policy is set for {owner}")
+            self._audit("policy.inbound.unset", owner, {})
+
+    def list_inbound_policies(self) -> list[tuple[str, str, int]]:
+        with _sqlite_errors(self.path):
+            return self._db.execute("SELECT owner, policy, updated FROM inbound_policies ORDER BY owner").fetchall()
 
     def list_policies(self) -> list[tuple[str, str, int]]:
         with _sqlite_errors(self.path):
