@@ -600,48 +600,47 @@ class SQLiteKeyStore:
                 self._audit("key.delete", record.owner, {"fingerprint": record.fingerprint, "scope": record.scope})
             return records
 
+    def _set_in(self, table: str, action: str, owner: str, policy: str) -> None:
+        owner = _owner(owner)
+        with self._write():
+            self._db.execute(f"INSERT INTO {table} VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
+                             "SET policy = excluded.policy, updated = excluded.updated",
+                             (owner, policy, int(self._clock())))
+            self._audit(f"{action}.set", owner, {"policy": policy})
+
+    def _unset_in(self, table: str, action: str, owner: str, what: str) -> None:
+        owner = _owner(owner)
+        with self._write():
+            if not self._db.execute(f"DELETE FROM {table} WHERE owner = ?", (owner,)).rowcount:
+                raise NotFound(f"no {what} is set for {owner}")
+            self._audit(f"{action}.unset", owner, {})
+
+    def _list_in(self, table: str) -> list[tuple[str, str, int]]:
+        with _sqlite_errors(self.path):
+            return self._db.execute(f"SELECT owner, policy, updated FROM {table} ORDER BY owner").fetchall()
+
     def set_policy(self, owner: str, policy: str) -> None:
         if policy not in POLICIES:
             raise KeystoreError(f"policy must be one of {', '.join(POLICIES)}")
-        owner = _owner(owner)
-        with self._write():
-            self._db.execute("INSERT INTO policies VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
-                             "SET policy = excluded.policy, updated = excluded.updated",
-                             (owner, policy, int(self._clock())))
-            self._audit("policy.set", owner, {"policy": policy})
+        self._set_in("policies", "policy", owner, policy)
 
     def unset_policy(self, owner: str) -> None:
-        owner = _owner(owner)
-        with self._write():
-            if not self._db.execute("DELETE FROM policies WHERE owner = ?", (owner,)).rowcount:
-                raise NotFound(f"no policy is set for {owner}")
-            self._audit("policy.unset", owner, {})
+        self._unset_in("policies", "policy", owner, "policy")
+
+    def list_policies(self) -> list[tuple[str, str, int]]:
+        return self._list_in("policies")
 
     def set_inbound_policy(self, owner: str, policy: str) -> None:
         """What mail claiming to come from owner (a sending domain or address) must be."""
         if policy not in INBOUND_POLICIES:
             raise KeystoreError(f"inbound policy must be one of {', '.join(INBOUND_POLICIES)}")
-        owner = _owner(owner)
-        with self._write():
-            self._db.execute("INSERT INTO inbound_policies VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
-                             "SET policy = excluded.policy, updated = excluded.updated",
-                             (owner, policy, int(self._clock())))
-            self._audit("policy.inbound.set", owner, {"policy": policy})
+        self._set_in("inbound_policies", "policy.inbound", owner, policy)
 
     def unset_inbound_policy(self, owner: str) -> None:
-        owner = _owner(owner)
-        with self._write():
-            if not self._db.execute("DELETE FROM inbound_policies WHERE owner = ?", (owner,)).rowcount:
-                raise NotFound(f"no inbound policy is set for {owner}")
-            self._audit("policy.inbound.unset", owner, {})
+        self._unset_in("inbound_policies", "policy.inbound", owner, "inbound policy")
 
     def list_inbound_policies(self) -> list[tuple[str, str, int]]:
-        with _sqlite_errors(self.path):
-            return self._db.execute("SELECT owner, policy, updated FROM inbound_policies ORDER BY owner").fetchall()
-
-    def list_policies(self) -> list[tuple[str, str, int]]:
-        with _sqlite_errors(self.path):
-            return self._db.execute("SELECT owner, policy, updated FROM policies ORDER BY owner").fetchall()
+        return self._list_in("inbound_policies")
 
     def audit_entries(self) -> list[audit.AuditEntry]:
         with _sqlite_errors(self.path):
