@@ -8,7 +8,9 @@ serial also travel in an extra stanza inside the age header, where the header
 MAC authenticates them; opening refuses a bundle whose visible copies differ.
 Version 2 also binds the copy's envelope recipients into the header (a MAC of
 each canonical address under a key derived from the file key), so the opener
-delivers the plaintext only to the recipients the sender sealed it for.
+delivers the plaintext only to the recipients the sender sealed it for, and
+may carry the sender's signature (a sig stanza, see signed_content) over the
+rest of the header and a hash of the payload ciphertext.
 
 No SMTP and no SQL here: bytes in, bytes out. docs/FORMAT.md is the spec.
 """
@@ -30,7 +32,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import age, mime
+from . import age, mime, signing
 from .age import Identity, Recipient, Stanza
 
 KEYBLOB_TYPE = "application/vnd.mailseal.keyblob"
@@ -38,6 +40,11 @@ PAYLOAD_TYPE = "application/octet-stream"
 REPLAY_STANZA = "mailseal.org/v2/replay"
 BIND_STANZA = "mailseal.org/v2/bind"
 V1_REPLAY_STANZA = "mailseal.org/v1/replay"  # version 1: opened for one more release
+SIG_STANZA = "mailseal.org/v2/sig"
+# Domain separation of what a sender signs (docs/FORMAT.md section 2.3).
+SIG_CONTEXT = b"mailseal.org/v2/sig\x00"
+_SIG_SIZES = {signing.HYBRID: signing.ED25519_SIZE + signing.MLDSA65_SIZE, signing.ED25519: signing.ED25519_SIZE}
+_SIGNER_RE = re.compile(r"[!-~]{1,255}")
 BIND_INFO = b"mailseal.org/v2/bind"
 BIND_TAG_SIZE = 16
 # More recipient stanzas than this is an attack on the opener's CPU (every
@@ -77,6 +84,55 @@ class NotBound(BundleError):
     """The bundle is genuine, but the sender did not seal it for this recipient."""
 
 
+# Outcomes of checking a signature (the trace header's words).
+SIGNED, UNSIGNED, INVALID, SIGNER_UNKNOWN = "signed", "unsigned", "signature-invalid", "signer-unknown"
+
+
+def signed_content(kind: str, signer: str, date: int, serial: str, unsigned_header: bytes,
+                   payload_digest: bytes) -> bytes:
+    """The bytes a sender signs: context, then each field length-prefixed.
+
+    `unsigned_header` is the whole age header without the sig stanza, with
+    its MAC recomputed over what remains: every stanza (so the recipients,
+    the replay values and the binding) and, through that MAC, the file key
+    itself. `payload_digest` is SHA-256 of the payload ciphertext. Someone
+    holding the file key (any co-recipient) can change none of these, so
+    cannot re-mint a message under the sender's name; payload encryption is
+    not key-committing, which is why the file key is committed here too.
+    """
+    fields = (kind.encode(), signer.encode(), str(date).encode(), serial.encode(), unsigned_header, payload_digest)
+    return SIG_CONTEXT + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A sig stanza, with the content it must verify against once opened."""
+
+    kind: str
+    signer: str  # canonical address, or a domain (no "@")
+    value: bytes = field(repr=False)
+    content: bytes = field(repr=False)
+
+    @property
+    def domain(self) -> str:
+        return self.signer.rpartition("@")[2]
+
+    def check(self, keys: Sequence[signing.VerifyKey]) -> str:
+        """SIGNED if a key of this kind verifies the signature, SIGNER_UNKNOWN
+        when there is no key at all for the signer, INVALID otherwise."""
+        if not keys:
+            return SIGNER_UNKNOWN
+        for key in keys:
+            if key.kind != self.kind:
+                continue  # a composite key never accepts a lesser signature
+            try:
+                key.verify(self.content, self.value)
+            except signing.BadSignature:
+                continue
+            return SIGNED
+        return INVALID
+
+
 @dataclass(frozen=True)
 class Opened:
     chunks: list[bytes] = field(repr=False)  # the original message, in pieces
@@ -87,6 +143,7 @@ class Opened:
     # reproduce, so replay claims are keyed on it too.
     tag: str = ""
     binding: Binding | None = field(default=None, repr=False)  # None: version 1, unbound
+    signature: Signature | None = field(default=None, repr=False)  # None: unsigned
 
     @property
     def version(self) -> int:
@@ -165,6 +222,7 @@ def write_sealed(
     eol: bytes | None = None,
     bind: Sequence[str] = (),
     version: int = 2,
+    signer: tuple[str, signing.SigningKey] | None = None,
 ) -> tuple[int, str]:
     """Seal message for recipients, writing the bundle to out as it is made.
 
@@ -175,6 +233,7 @@ def write_sealed(
     stays LF; the gateway always asks for CRLF, as SMTP does). `now` and
     `rng` are test hooks: the sealing time in Unix seconds and the source of
     randomness; `version=1` writes the previous format, for tests only.
+    `signer` is (name, key): the sender's address or domain and its signing key.
     """
     date = int(time.time() if now is None else now)
     serial = rng(16).hex()
@@ -185,9 +244,24 @@ def write_sealed(
         stanzas.append(bind_stanza(file_key, bind))
     elif version != 1 or bind:
         raise ValueError("version 1 bundles have no recipient binding")
-    age_header = age.encode_header(stanzas, file_key)
     boundary = b"=_mailseal_" + rng(12).hex().encode()
     eol = eol or mime.line_ending(message)
+    payload_rng = rng
+    if signer is not None:
+        if version != 2:
+            raise ValueError("only version 2 bundles are signed")
+        # The signature covers the payload ciphertext, which is written after
+        # the header: encrypt it twice (the same nonce, so the same bytes),
+        # hashing the first pass, rather than hold it all in memory.
+        nonce = rng(age.NONCE_SIZE)
+        payload_rng = lambda _size: nonce  # noqa: E731
+        digest = hashlib.sha256()
+        for piece in age.encrypt_payload(file_key, message, payload_rng):
+            digest.update(piece)
+        name, key = signer
+        content = signed_content(key.kind, name, date, serial, age.encode_header(stanzas, file_key), digest.digest())
+        stanzas.append(Stanza(SIG_STANZA, (key.kind, name), key.sign(content)))
+    age_header = age.encode_header(stanzas, file_key)
 
     out.write(_outer_headers(message, eol, date))
     out.write(
@@ -214,7 +288,7 @@ def write_sealed(
         + b"Content-Transfer-Encoding: base64" + eol
         + eol
     )
-    for lines in mime.base64_stream(age.encrypt_payload(file_key, message, rng), eol):
+    for lines in mime.base64_stream(age.encrypt_payload(file_key, message, payload_rng), eol):
         out.write(lines)
     out.write(b"--" + boundary + b"--" + eol)
     return date, serial
@@ -229,10 +303,11 @@ def seal(
     eol: bytes | None = None,
     bind: Sequence[str] = (),
     version: int = 2,
+    signer: tuple[str, signing.SigningKey] | None = None,
 ) -> bytes:
     """Seal message for recipients and return the whole bundle."""
     buffer = io.BytesIO()
-    write_sealed(message, recipients, buffer, now=now, rng=rng, eol=eol, bind=bind, version=version)
+    write_sealed(message, recipients, buffer, now=now, rng=rng, eol=eol, bind=bind, version=version, signer=signer)
     return buffer.getvalue()
 
 
@@ -333,6 +408,7 @@ def _authenticated(header: age.Header) -> tuple[int, str, frozenset[bytes] | Non
     """
     replay = [s for s in header.stanzas if s.type in (REPLAY_STANZA, V1_REPLAY_STANZA)]
     binds = [s for s in header.stanzas if s.type == BIND_STANZA]
+    sigs = [s for s in header.stanzas if s.type == SIG_STANZA]
     if len(replay) != 1:
         raise MalformedBundle("the age header must carry exactly one replay stanza")
     stanza = replay[0]
@@ -342,11 +418,14 @@ def _authenticated(header: age.Header) -> tuple[int, str, frozenset[bytes] | Non
     if not _UNIX_RE.fullmatch(date) or not _SERIAL_RE.fullmatch(serial):
         raise MalformedBundle("malformed replay stanza")
     if stanza.type == V1_REPLAY_STANZA:
-        if binds:
-            raise MalformedBundle("a version 1 bundle has no bind stanza")
+        if binds or sigs:
+            raise MalformedBundle("a version 1 bundle has no bind or sig stanza")
         return int(date), serial, None
     if len(binds) != 1 or binds[0].args or len(binds[0].body) % BIND_TAG_SIZE:
         raise MalformedBundle("a version 2 bundle must carry exactly one well-formed bind stanza")
+    if len(sigs) > 1 or any(len(s.args) != 2 or s.args[0] not in _SIG_SIZES or not _SIGNER_RE.fullmatch(s.args[1])
+                            or len(s.body) != _SIG_SIZES[s.args[0]] for s in sigs):
+        raise MalformedBundle("a version 2 bundle carries at most one well-formed sig stanza")
     body = binds[0].body
     tags = frozenset(body[i : i + BIND_TAG_SIZE] for i in range(0, len(body), BIND_TAG_SIZE))
     return int(date), serial, tags
@@ -389,6 +468,20 @@ class KeyBlob:
             )
         return date, serial, binding
 
+    def signature(self, file_key: bytes, payload_digest: bytes) -> Signature | None:
+        """The sig stanza with the content it must verify against (after authenticate)."""
+        stanza = next((s for s in self.header.stanzas if s.type == SIG_STANZA), None)
+        if stanza is None:
+            return None
+        date, serial, _ = _authenticated(self.header)
+        unsigned = age.encode_header([s for s in self.header.stanzas if s.type != SIG_STANZA], file_key)
+        kind, signer = stanza.args
+        return Signature(kind, signer, stanza.body, signed_content(kind, signer, date, serial, unsigned, payload_digest))
+
+    @property
+    def signed(self) -> bool:
+        return any(s.type == SIG_STANZA for s in self.header.stanzas)
+
 
 def read_keyblob(parts: tuple[_Part, _Part]) -> KeyBlob:
     """Decode and parse part 1; cheap, and bounded whatever the input.
@@ -415,18 +508,22 @@ def decrypt_parts(parts: tuple[_Part, _Part], blob: KeyBlob, file_key: bytes, id
     """
     date, serial, binding = blob.authenticate(file_key)
     decryptor = age.PayloadDecryptor(file_key)
+    digest = hashlib.sha256() if blob.signed else None  # only a signature needs it
     chunks: list[bytes] = []
     received = 0
     try:
         for piece in mime.decode_base64(parts[1].body):
             received += len(piece)
+            if digest is not None:
+                digest.update(piece)
             chunks.extend(decryptor.update(piece))
     except mime.MimeError as exc:
         raise MalformedBundle(f"bad ciphertext part: {exc}") from None
     if received < age.NONCE_SIZE:
         raise MalformedBundle("bad ciphertext part: too short")
     chunks.append(decryptor.finish())
-    return Opened(chunks, date, serial, identity, blob.header.mac.hex(), binding)
+    signature = blob.signature(file_key, digest.digest()) if digest is not None else None
+    return Opened(chunks, date, serial, identity, blob.header.mac.hex(), binding, signature)
 
 
 def open_sealed(message: bytes, identities: Sequence[Identity], recipient: str | None = None) -> Opened:

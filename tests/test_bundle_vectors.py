@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from mailseal import age, bundle
+from mailseal import age, bundle, signing
 
 from .vectors import make_vectors
 
 FILES = sorted((Path(__file__).parent / "vectors").glob("*.txt"))
-EXPECTS = {"success", "not sealed", "malformed", "no match", "tampered", "not bound"}
+EXPECTS = {"success", "not sealed", "malformed", "no match", "tampered", "not bound", *make_vectors.SIGNATURE_OUTCOMES}
+SIGNATURE_WORDS = {bundle.SIGNED: "signed", bundle.INVALID: "bad signature", bundle.SIGNER_UNKNOWN: "signer unknown"}
 
 
 def outcome(data: bytes, identities, rcpt: str) -> tuple[str, bundle.Opened | None]:
@@ -39,8 +40,13 @@ def test_there_are_vectors_of_every_kind():
 def test_vector(path: Path):
     meta, data = make_vectors.parse(path.read_bytes())
     got, opened = outcome(data, [age.parse_identity(meta["identity"])], meta["rcpt"])
+    if got == "success" and "verify-key" in meta:
+        keys = [signing.parse_verify_key(meta["verify-key"])]
+        signature = opened.signature
+        got = "unsigned" if signature is None else SIGNATURE_WORDS[
+            signature.check(keys if signature.signer == meta["verify-for"] else [])]
     assert got == meta["expect"], meta["comment"]
-    if got == "success":
+    if opened is not None:
         assert hashlib.sha256(opened.message).hexdigest() == meta["payload"]
         assert (opened.date, opened.serial) == (int(meta["date"]), meta["serial"])
         assert opened.version == int(meta["version"])

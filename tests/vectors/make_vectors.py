@@ -5,7 +5,9 @@ Each file is a text header (`expect:`, `identity:`, `payload:` = SHA-256 of the
 opened message, `date:`, `serial:`, `rcpt:` = the envelope recipient to
 open for, `version:`, `comment:`), an empty line, then the bundle bytes
 exactly as they travel. `expect` is one of: success, not sealed, malformed,
-no match, tampered, not bound.
+no match, tampered, not bound; for signed bundles (which open) the outcome of
+the signature check: signed, bad signature, signer unknown, unsigned, with
+`verify-for` and `verify-key`: the one signer key the verifier has imported.
 
 Classic (X25519) vectors use a seeded randomness source, so they are
 reproducible: tests regenerate them and compare bytes, which pins the format.
@@ -19,7 +21,9 @@ import re
 import sys
 from pathlib import Path
 
-from mailseal import age, bundle, mime
+import base64
+
+from mailseal import age, bundle, mime, signing
 from mailseal.age.header import encode_header
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +32,10 @@ NOW = 1_795_000_000  # Wed, 18 Nov 2026 11:06:40 +0000
 IDENTITY = age.X25519Identity(hashlib.sha256(b"mailseal test vector identity").digest())
 OTHER = age.X25519Identity(hashlib.sha256(b"mailseal test vector other").digest())
 PQ_IDENTITY = age.HybridIdentity(hashlib.sha256(b"mailseal test vector pq identity").digest())
+SIGNER = "example.org"
+SIGNING_KEY = signing.parse_signing_key("MAILSEAL-SIGNING-KEY-HYBRID-1:" + base64.b64encode(
+    hashlib.sha256(b"mailseal test vector ed25519").digest()
+    + hashlib.sha256(b"mailseal test vector ml-dsa-65").digest()).decode())
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n"
@@ -92,6 +100,20 @@ def with_header(stanzas_edit, name: str) -> bytes:
     return replace_part(replace_part(base, 0, header), 1, payload)
 
 
+def resigned(data: bytes, edit) -> bytes:
+    """data with its age header rebuilt by someone who holds the file key (a
+    co-recipient): edit(stanzas, file key) returns the new stanzas."""
+    header = age.parse_header(decoded(data, 0))
+    file_key = age.unwrap_file_key(header, [IDENTITY])
+    return replace_part(data, 0, encode_header(edit(list(header.stanzas), file_key), file_key))
+
+
+def edit_sig(edit):
+    def apply(stanzas, _key):
+        return [age.Stanza(s.type, s.args, edit(s.body)) if s.type == bundle.SIG_STANZA else s for s in stanzas]
+    return apply
+
+
 def serial_of(data: bytes) -> str:
     return re.search(rb"Mailseal-Serial: (\w+)", data).group(1).decode()
 
@@ -103,7 +125,11 @@ def build() -> dict[str, tuple[dict[str, str], bytes]]:
     def add(name, expect, data, comment, identity=IDENTITY, message=MESSAGE, reproducible=True, version=2):
         meta = {"expect": expect, "identity": str(identity), "rcpt": RCPT, "version": str(version),
                 "comment": comment}
-        if expect == "success":
+        if expect in SIGNATURE_OUTCOMES:
+            meta["verify-for"] = SIGNER
+            meta["verify-key"] = str(SIGNING_KEY.public())
+            reproducible = False  # ML-DSA signing is randomised (hedged)
+        if expect in ("success", *SIGNATURE_OUTCOMES):
             meta["payload"] = hashlib.sha256(message).hexdigest()
             meta["date"] = str(NOW)
             meta["serial"] = serial_of(data)
@@ -211,7 +237,41 @@ def build() -> dict[str, tuple[dict[str, str], bytes]]:
         "the key blob lacks Mailseal-Serial")
     base = sealed("no_nonce")
     add("no_nonce", "malformed", replace_part(base, 1, decoded(base, 1)[:10]), "payload shorter than its nonce")
+    # Sender signatures (section 2.3); the tampering is done by a co-recipient,
+    # who holds the file key and so can make the header MAC verify again.
+    def signed(name: str, message: bytes = MESSAGE, signer: str = SIGNER) -> bytes:
+        return bundle.seal(message, [IDENTITY.recipient()], now=NOW, rng=seeded(name), bind=[RCPT],
+                           signer=(signer, SIGNING_KEY))
+
+    add("signed", "signed", signed("signed"), "signed by example.org with the composite key")
+    add("signed_bad_ed25519", "bad signature",
+        resigned(signed("signed_bad_ed25519"), edit_sig(lambda b: flip(b, 5))),
+        "one bit of the Ed25519 half flipped, header MAC recomputed")
+    add("signed_bad_mldsa", "bad signature",
+        resigned(signed("signed_bad_mldsa"), edit_sig(lambda b: flip(b, len(b) - 40))),
+        "one bit of the ML-DSA-65 half flipped, header MAC recomputed")
+    add("signed_signer_unknown", "signer unknown", signed("signed_signer_unknown", signer="example.com"),
+        "signed as example.com, for which the verifier has no key")
+    base = signed("signed_other_payload")
+    file_key = age.unwrap_file_key(age.parse_header(decoded(base, 0)), [IDENTITY])
+    other = MESSAGE.replace(b"Hello Bob.", b"Pay Mallory.")
+    add("signed_other_payload", "bad signature",
+        replace_part(base, 1, b"".join(age.encrypt_payload(file_key, other, seeded("other")))),
+        "a co-recipient's own payload under the genuine signed header", message=other)
+    add("signed_stripped", "unsigned",
+        resigned(signed("signed_stripped"), lambda st, _k: [s for s in st if s.type != bundle.SIG_STANZA]),
+        "the sig stanza removed by a co-recipient (header MAC recomputed): opens, unsigned")
+    base = signed("signed_stripped_no_file_key")
+    header = age.parse_header(decoded(base, 0))
+    kept = b"".join(s.encode() for s in header.stanzas if s.type != bundle.SIG_STANZA)
+    old_mac_line = decoded(base, 0)[len(header.mac_input):]
+    add("signed_stripped_no_file_key", "tampered",
+        replace_part(base, 0, b"age-encryption.org/v1\n" + kept + b"---" + old_mac_line),
+        "the sig stanza removed by an outsider (the old header MAC kept)", reproducible=False)
     return v
+
+
+SIGNATURE_OUTCOMES = ("signed", "bad signature", "signer unknown", "unsigned")
 
 
 def render(meta: dict[str, str], data: bytes) -> bytes:
