@@ -50,8 +50,16 @@ def _read_stdin() -> bytes:
 # --- keygen, seal, open: offline, no configuration needed -------------------
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    identity = age.generate(classic=args.classic)
-    text = age.identity_file(identity)
+    if args.signing:
+        from . import signing
+
+        key = signing.generate(signing.HYBRID if args.signing == "hybrid" else signing.ED25519)
+        public = key.public()
+        text = f"# public key: {public}\n{key}\n"
+    else:
+        identity = age.generate(classic=args.classic)
+        text = age.identity_file(identity)
+        public = identity.recipient()
     if args.output:
         try:
             fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -64,7 +72,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if args.output or not sys.stdout.isatty():
-        print(f"Public key: {identity.recipient()}", file=sys.stderr)
+        print(f"Public key: {public}", file=sys.stderr)
     return 0
 
 
@@ -116,10 +124,29 @@ def _bound_addresses(args: argparse.Namespace, message: bytes) -> list[str]:
         raise UserError(str(exc)) from None
 
 
+def _signer(args: argparse.Namespace, message: bytes):
+    """(signer, key) from --sign KEYFILE; the signer is --signer, else the From: domain."""
+    if not args.sign:
+        return None
+    from . import authenticity, signing
+
+    text = _read_text(args.sign, "signing key file")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        key = signing.parse_signing_key(lines[0] if lines else "")
+    except signing.SigningKeyError as exc:
+        raise UserError(f"{args.sign}: {exc}") from None
+    name = args.signer or authenticity.domain_of(authenticity.from_address(message))
+    if not name:
+        raise UserError("no --signer and no From: address to take the signer's domain from")
+    return name.removeprefix("@").lower(), key
+
+
 def cmd_seal(args: argparse.Namespace) -> int:
     recipients = _recipients(args)
     message = _read_stdin()
-    bundle.write_sealed(message, recipients, sys.stdout.buffer, bind=_bound_addresses(args, message))
+    bundle.write_sealed(message, recipients, sys.stdout.buffer, bind=_bound_addresses(args, message),
+                        signer=_signer(args, message))
     sys.stdout.buffer.flush()
     return 0
 
@@ -155,11 +182,39 @@ def cmd_open(args: argparse.Namespace) -> int:
         raise Refused("none of the given identities can open this message") from None
     except age.AuthenticationError as exc:
         raise Refused(str(exc)) from None
+    verdict = _verify(args, opened)
     out = sys.stdout.buffer
     for chunk in opened.chunks:
         out.write(chunk)
     out.flush()
+    if verdict is not None:
+        print(f"mailseal: {verdict.status}" + (f" ({verdict.reason})" if verdict.reason else ""), file=sys.stderr)
+        if opened.signature is not None and verdict.reason is not None:
+            return 1
     return 0
+
+
+def _verify(args: argparse.Namespace, opened: bundle.Opened):
+    """The signature checked with the keys of --verify CARD (None without it)."""
+    if not args.verify:
+        return None
+    from . import authenticity, signing
+    from .keystore import KeystoreError, parse_cards
+
+    keys: dict[str, list] = {}
+    for path in args.verify:
+        try:
+            cards = parse_cards(_read_text(path, "key card")) or []
+        except KeystoreError as exc:
+            raise UserError(f"{path}: {exc}") from None
+        for card in cards:
+            if isinstance(card.recipient, signing.VerifyKey):
+                keys.setdefault(card.owner.removeprefix("@"), []).append(card.recipient)
+    if not keys:
+        raise UserError("--verify: no signing key in the given card(s)")
+    signature = opened.signature
+    sender = authenticity.from_address(opened.chunks[0] if opened.chunks else b"")
+    return authenticity.assess(signature, keys.get(signature.signer, []) if signature else [], sender, None)
 
 
 # --- check-config --------------------------------------------------------------
@@ -307,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("keygen", help="generate an identity, like age-keygen")
     p.add_argument("--classic", action="store_true", help="X25519 instead of post-quantum hybrid")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600), not stdout")
+    p.add_argument("--signing", choices=("hybrid", "ed25519"),
+                   help="a signing key (Ed25519 + ML-DSA-65, or Ed25519) instead, for seal --sign")
     p.set_defaults(func=cmd_keygen)
 
     p = commands.add_parser("seal", help="seal the message on stdin for recipients")
@@ -319,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the addresses in To and Cc)")
     p.add_argument("--no-bind", action="store_true",
                    help="bind no recipient: only `mailseal open` can open it, no gateway delivers it")
+    p.add_argument("--sign", metavar="KEYFILE", help="sign with this signing key (mailseal keygen --signing)")
+    p.add_argument("--signer", metavar="ADDRESS|DOMAIN", help="who signs (default: the From: domain)")
     p.set_defaults(func=cmd_seal)
 
     p = commands.add_parser("open", help="open the sealed message on stdin")
@@ -326,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="identity file, as keygen writes (repeatable)")
     p.add_argument("--for", dest="rcpt", metavar="ADDRESS",
                    help="refuse (exit 1) unless the message was sealed for this envelope recipient")
+    p.add_argument("--verify", action="append", metavar="CARD",
+                   help="check the sender signature with the signing keys of this key card (repeatable); "
+                        "reported on stderr, exit 1 if the signature is invalid")
     p.set_defaults(func=cmd_open)
 
     p = commands.add_parser("serve", help="run the listeners named in the configuration")

@@ -72,6 +72,8 @@ class InboundConfig:
     # Mailseal-* always goes, listed or not.
     strip_headers: tuple[str, ...] = headerfilter.DEFAULT_STRIP
     strip_headers_from_clear_mail: bool = False  # the list applies to clear mail too
+    # "from-domain=signer-domain": mail From the first may be signed by the second.
+    signer_aliases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,16 @@ class _Section:
             raise ConfigError(f"[{self.name}]: unknown setting(s) {', '.join(sorted(unknown))}")
 
 
+def _signer_aliases(value: list, where: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in value:
+        sender, sep, signer = str(item).partition("=")
+        if not sep or not sender.strip() or not signer.strip() or "@" in sender + signer:
+            raise ConfigError(f"{where}: {item!r} is not \"from-domain=signer-domain\"")
+        out.append((sender.strip().lower(), signer.strip().lower()))
+    return tuple(out)
+
+
 def find_config(explicit: str | None) -> Path | None:
     """-c, then $MAILSEAL_CONFIG, then the default locations; None if none exists."""
     if explicit:
@@ -270,6 +282,7 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
             strip_headers=parse_header_patterns(ib.get("strip_headers", list(headerfilter.DEFAULT_STRIP), list),
                                                 ib.where("strip_headers")),
             strip_headers_from_clear_mail=ib.get("strip_headers_from_clear_mail", False, bool),
+            signer_aliases=_signer_aliases(ib.get("signer_aliases", [], list), ib.where("signer_aliases")),
         )
         ib.check_unknown()
     return Config(source, keystore, server, outbound, inbound)

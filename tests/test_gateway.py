@@ -66,7 +66,7 @@ def clean(request):
 
 
 def without_trace(data: bytes) -> bytes:
-    assert data.startswith(b"Mailseal-Status: opened; serial=")
+    assert data.startswith(b"Mailseal-Status: opened; unsigned; serial=")
     return data.split(b"\r\n", 1)[1]
 
 

@@ -41,6 +41,12 @@ def pf(tmp_path_factory):
     card.write_text(b_ms.cli("keys", "export", "bob@b.test"))
     a_ms.cli("keys", "import", "bob@b.test", str(card))
     a_ms.cli("policy", "set", "@secret.test", "require")
+    # A signs as a.test; B accepts mail from a.test only sealed and signed by it.
+    a_ms.cli("keys", "generate", "@a.test")
+    a_card = root / "a.card"
+    a_card.write_text(a_ms.cli("keys", "export", "@a.test"))
+    b_ms.cli("keys", "import", "@a.test", str(a_card))
+    b_ms.cli("policy", "set", "--inbound", "@a.test", "signed")
     a = Postfix("a", hostname="mx.a.test", listen=ports["a_in"], reinject=ports["a_re"],
                 content_filter_port=a_ms.outbound_port, relay_to=ports["b_in"])
     b = Postfix("b", hostname="mx.b.test", listen=ports["b_in"], reinject=ports["b_re"],
@@ -79,7 +85,7 @@ def test_sealed_across_two_postfix_instances_and_opened_byte_for_byte(pf, tmp_pa
     # below the Mailseal-Status line the message is exactly what A's Postfix
     # handed to mailseal, which ends with what swaks submitted (swaks adds one
     # CRLF of its own before the final dot).
-    assert delivered.count(b"\nMailseal-Status: opened; serial=") == 1
+    assert delivered.count(b"\nMailseal-Status: opened; signed-by=a.test (hybrid); serial=") == 1
     opened = delivered.split(b"\nMailseal-Status: opened; ", 1)[1].split(b"\n", 1)[1]
     assert opened.startswith(b"Received: from client.a.test")
     assert opened.endswith((message + b"\r\n").replace(b"\r\n", b"\n"))

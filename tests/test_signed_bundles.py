@@ -9,6 +9,7 @@ import pytest
 
 from mailseal import age, bundle, signing
 
+from .conftest import run_cli
 from .vectors.make_vectors import IDENTITY, OTHER, decoded, encode_header, replace_part
 
 MESSAGE = b"From: ceo@a.test\r\nTo: bob@b.test, carol@c.test\r\nSubject: pay\r\n\r\nPay 100 to Bob.\r\n" * 3
@@ -92,3 +93,36 @@ def test_stock_age_decrypts_a_signed_bundle(tmp_path):
     out = subprocess.run(["age", "-d", "-i", str(keyfile)], input=bundle.age_file(signed()), capture_output=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout == MESSAGE
+
+
+def test_seal_sign_and_open_verify_offline(tmp_path):
+    """mailseal seal --sign KEYFILE / open --verify CARD; a broken signature exits 1."""
+    from mailseal import signing
+    from mailseal.keystore import KeyRecord, render_card
+
+    ident = tmp_path / "id.txt"
+    assert run_cli("keygen", "-o", str(ident)).returncode == 0
+    recipient = [line for line in ident.read_text().splitlines() if "public key:" in line][0].split(": ")[1]
+    signer = tmp_path / "sign.key"
+    assert run_cli("keygen", "--signing", "hybrid", "-o", str(signer)).returncode == 0
+    key = signing.parse_signing_key(signer.read_text().splitlines()[1])
+    public = str(key.public())
+    from mailseal.keystore import fingerprint
+
+    card = tmp_path / "a.card"
+    card.write_text(render_card(KeyRecord(0, "remote", "@a.test", "ed25519+mldsa65", public, fingerprint(public),
+                                          "", "", 0, None, None, None, None)))
+    msg = b"From: ceo@a.test\nTo: bob@b.test\n\nhello\n"
+    sealed = run_cli("seal", "-r", recipient, "--sign", str(signer), input=msg)
+    assert sealed.returncode == 0, sealed.stderr
+    opened = run_cli("open", "-i", str(ident), "--verify", str(card), input=sealed.stdout)
+    assert opened.returncode == 0 and opened.stdout == msg
+    assert b"signed-by=a.test (hybrid)" in opened.stderr
+    other = tmp_path / "other.key"
+    run_cli("keygen", "--signing", "hybrid", "-o", str(other))
+    forged = run_cli("seal", "-r", recipient, "--sign", str(other), input=msg)
+    bad = run_cli("open", "-i", str(ident), "--verify", str(card), input=forged.stdout)
+    assert bad.returncode == 1 and b"signature-invalid" in bad.stderr
+    unsigned = run_cli("seal", "-r", recipient, input=msg)
+    plain = run_cli("open", "-i", str(ident), "--verify", str(card), input=unsigned.stdout)
+    assert plain.returncode == 0 and b"unsigned" in plain.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .. import age, bundle, headerfilter, opening, replay
+from .. import age, authenticity, bundle, headerfilter, opening, replay
 from ..keystore import KeystoreError, fingerprint
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -30,6 +30,13 @@ REFUSAL_REPLIES = {
     opening.NO_MATCHING_KEY: replies.NO_IDENTITY,
     opening.NOT_BOUND: replies.NOT_BOUND,
     opening.UNBOUND_VERSION: replies.UNBOUND_VERSION,
+}
+AUTHENTICITY_REPLIES = {
+    authenticity.SIGNATURE_INVALID: replies.SIGNATURE_INVALID,
+    authenticity.SIGNER_MISMATCH: replies.SIGNATURE_INVALID,
+    authenticity.SIGNER_UNKNOWN: replies.NOT_SIGNED,
+    authenticity.UNSIGNED: replies.NOT_SIGNED,
+    authenticity.NOT_SEALED: replies.NOT_SEALED,
 }
 
 
@@ -89,6 +96,15 @@ class InboundHandler(BaseHandler):
         try:
             parts = bundle.split(message)
         except bundle.NotSealed:
+            try:
+                self._admit(authenticity.from_address(message), None)
+            except Refusal as refusal:
+                outcome = self._refuse(envelope, session, rcpts, message, refusal)
+                self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
+                return self.finish(server, rcpts, outcome)
+            except KeystoreError as exc:
+                log.error("%s inbound: keystore: %s", qid, exc)
+                return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
             inbound = self.ctx.config.inbound
             data = strip_mailseal_headers(message, headerfilter.for_clear_mail(
                 inbound.strip_headers, inbound.strip_headers_from_clear_mail))
@@ -105,6 +121,7 @@ class InboundHandler(BaseHandler):
                 # Nobody in the transaction may have it: refused as one
                 # (the same reason for all, or the first).
                 raise next(iter(unentitled.values()))
+            verdict = self._verdict(envelope, opened)
         except Refusal as refusal:
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
             self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
@@ -134,7 +151,7 @@ class InboundHandler(BaseHandler):
         for rcpt, refusal in refused.items():
             outcome.update(self._refuse(envelope, session, [rcpt], message, refusal))
         if claimed:
-            trace = (f"opened; serial={opened.serial}; sealed={opened.date}; "
+            trace = (f"opened; {verdict.status}; serial={opened.serial}; sealed={opened.date}; "
                      f"key={fingerprint(str(opened.identity.recipient()))}")
             pieces = delivered_pieces(opened.chunks, trace,
                                       headerfilter.for_opened_mail(self.ctx.config.inbound.strip_headers))
@@ -154,6 +171,26 @@ class InboundHandler(BaseHandler):
             outcome.update(delivered)
         self.log_message(qid, envelope, "opened", outcome, started, mid)
         return self.finish(server, rcpts, outcome)
+
+    def _admit(self, sender: str | None, verdict: authenticity.Verdict | None) -> None:
+        """Raise Refusal when the sending domain's inbound policy refuses this."""
+        parsed = self.address(sender) if sender else None
+        found = self.ctx.keystore.inbound_policy_for(parsed) if parsed else None
+        reason = authenticity.refusal(found[1] if found else None, verdict)
+        if reason is not None:
+            raise Refusal(AUTHENTICITY_REPLIES[reason], reason)
+
+    def _verdict(self, envelope, opened: bundle.Opened) -> authenticity.Verdict:
+        """The sender signature checked against inner From: and envelope sender."""
+        sender = authenticity.from_address(opened.chunks[0] if opened.chunks else b"")
+        envelope_sender = self.address(envelope.mail_from) if envelope.mail_from else None
+        signature = opened.signature
+        keys = self.ctx.keystore.verify_keys_for(signature.signer) if signature is not None else []
+        verdict = authenticity.assess(signature, keys, sender,
+                                      envelope_sender.owner if envelope_sender else None,
+                                      self.ctx.config.inbound.signer_aliases)
+        self._admit(sender, verdict)
+        return verdict
 
     def _owner(self, rcpt: str) -> str:
         parsed = self.address(rcpt)

@@ -126,10 +126,14 @@ class OutboundHandler(BaseHandler):
             # gateway opens it for them and nobody else.
             bind = [self.address(r).owner for r in copy.rcpts]
             try:
+                # Signed with the envelope sender's key, else its domain's (if we hold one).
+                sender = self.address(envelope.mail_from) if envelope.mail_from else None
+                signer = self.ctx.keystore.signing_key_for(sender) if sender else None
                 if len(message) <= INLINE_SEAL_LIMIT:
-                    data = bundle.seal(message, copy.keys, eol=b"\r\n", bind=bind)
+                    data = bundle.seal(message, copy.keys, eol=b"\r\n", bind=bind, signer=signer)
                 else:
-                    data = await asyncio.to_thread(bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind)
+                    data = await asyncio.to_thread(bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind,
+                                                   signer=signer)
             except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
                 log.error("outbound: sealing failed: %s", type(exc).__name__)
                 return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)
