@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["seal_open.py", "keystore_lookup.py", "gateway.py", "memory.py"]
+BENCHES = ["seal_open.py", "keystore_lookup.py", "gateway.py", "memory.py", "signing.py"]
 
 status = 0
 for name in BENCHES:

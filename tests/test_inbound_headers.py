@@ -89,7 +89,7 @@ def seal_and_open(sites, rcpt: str, plaintext: bytes, site: str = "b") -> bytes:
 
 def trace_and_rest(data: bytes) -> tuple[bytes, bytes]:
     trace, rest = data.split(b"\r\n", 1)
-    assert trace.startswith(b"Mailseal-Status: opened; serial=")
+    assert trace.startswith(b"Mailseal-Status: opened; unsigned; serial=")
     return trace, rest
 
 

@@ -77,7 +77,7 @@ def test_a_bundle_is_opened_again_once_its_key_is_back(tmp_path):
         assert opened.rcpts == ["bob@b.test"] and opened.mail_from == "ceo@bank.test"
         trace, rest = opened.data.split(b"\r\n", 1)
         # The inbound path's own work: trace header, forged verdicts and Mailseal-* gone.
-        assert trace.startswith(b"Mailseal-Status: opened; serial=") and rest == KEPT
+        assert trace.startswith(b"Mailseal-Status: opened; unsigned; serial=") and rest == KEPT
         assert "quarantine is empty" in q.cli("quarantine", "list")
 
         # The release claimed the serial in the daemon's replay cache.
