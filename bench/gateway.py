@@ -14,6 +14,9 @@ the same messages through, in the same run:
   open        bench/drive.py -> mailseal inbound, opening: every message is
               its own bundle bound to its own new recipient (so the replay
               cache sees no repeats and the binding holds) -> smtp-sink
+  seal-1s     seal-1, signed with the sender domain's hybrid signing key
+              (Ed25519 + ML-DSA-65)
+  open-s      open, of bundles signed by a.test, verified against its key
 
 seal-N and open take bench/drive.py, a driver like smtp-source -d -s 10 that
 sends a different recipient and message in every transaction, which
@@ -44,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailseal import age, bundle  # noqa: E402
+from mailseal import age, bundle, signing  # noqa: E402
 from mailseal.keystore import parse_cards  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -189,6 +192,16 @@ def main() -> int:
         for r in recipients:
             ms(seal_cfg, "keys", "import", r, str(age.generate().recipient()))
         domain_key = parse_cards(domain_card)[0].recipient
+        # Signing: A's outbound has a local signing key for a.test; B knows
+        # the public half of the key that signed open-s's bundles.
+        sign_cfg = mailseal_config(work / "sign", outbound={
+            "listen": f"127.0.0.1:{free_port()}", "next_hop": f"127.0.0.1:{sink_port}"}, inbound=None,
+            workers=args.workers)
+        ms(sign_cfg, "keys", "import", "bob@b.test", str(age.generate().recipient()))
+        ms(sign_cfg, "keys", "generate", "@a.test")
+        a_signer = signing.generate()
+        (work / "a.sign").write_text(str(a_signer.public()) + "\n")
+        ms(b_cfg, "keys", "import", "@a.test", str(work / "a.sign"))
 
         results: dict = {"machine": machine(), "sessions": SESSIONS, "workers": args.workers, "sizes": {}}
         for label in args.sizes.split(","):
@@ -206,14 +219,19 @@ def main() -> int:
             driver.write_jobs(files["seal-N"], [(r, one) for r in rcpts])
             driver.write_jobs(files["open"], [(r, bundle.seal(one, [domain_key], bind=[r], eol=b"\r\n"))
                                              for r in rcpts])
+            files["open-s"] = work / f"{label}-open-s.jobs"
+            driver.write_jobs(files["open-s"], [(r, bundle.seal(one, [domain_key], bind=[r], eol=b"\r\n",
+                                                                signer=("a.test", a_signer))) for r in rcpts])
             scenarios = {
                 "ceiling": (None, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "baseline": ("baseline", lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "plain": (plain_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "seal-1": (seal_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
+                "seal-1s": (sign_cfg, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "seal-5": (seal_cfg, lambda port: run.source(port, files["five"], count, to="bob@b.test", rcpts=5)),
                 "seal-N": (seal_cfg, lambda port: run.drive(port, files["seal-N"])),
                 "open": (b_cfg, lambda port: run.drive(port, files["open"])),
+                "open-s": (b_cfg, lambda port: run.drive(port, files["open-s"])),
             }
             row = {}
             for name, (target, drive) in scenarios.items():
@@ -291,7 +309,7 @@ def print_table(label: str, count: int, row: dict) -> None:
     print(f"{'scenario':<10} {'msg/s':>9} {'MB/s':>8} {'CPU ms/msg':>11} {'peak MB':>8} {'vs baseline':>12}")
     for name, r in row.items():
         ratio = "-" if name == "ceiling" else f"{r['msgs_per_s'] / base['msgs_per_s']:.2f}x"
-        if name == "open":
+        if name.startswith("open"):
             ratio += f"  ({r['msgs_per_s'] / row['seal-N']['msgs_per_s']:.2f}x seal-N)"
         cpu = "-" if name == "ceiling" else f"{r['cpu_ms_per_msg']:.2f}"
         peak = "-" if name == "ceiling" else f"{r['peak_rss_mb']:.0f}"

@@ -17,7 +17,7 @@ def table(path: str) -> str:
         base = rows["baseline"]["msgs_per_s"]
         for name, r in rows.items():
             ratio = "—" if name == "ceiling" else f"{r['msgs_per_s'] / base:.2f}x"
-            if name == "open" and "seal-N" in rows:
+            if name.startswith("open") and "seal-N" in rows:
                 ratio += f" ({r['msgs_per_s'] / rows['seal-N']['msgs_per_s']:.2f}x seal-N)"
             cpu = "—" if name == "ceiling" else f"{r['cpu_ms_per_msg']:.2f}"
             peak = "—" if name == "ceiling" else f"{r['peak_rss_mb']:.0f}"
