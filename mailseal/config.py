@@ -18,6 +18,7 @@ from . import headerfilter
 
 DEFAULT_LOCATIONS = (Path("/etc/mailseal/mailseal.toml"), Path("config/mailseal.toml"))
 POLICIES = ("require", "opportunistic", "plain")
+MAX_NEXT_HOP_CONNECTIONS = 1000
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class NextHop:
     maildir: Path | None = None
     starttls: bool = False  # require STARTTLS, with certificate checking
     ca_file: Path | None = None  # trust these CAs instead of the system's
+    connections: int = 10  # at most this many open at once; further copies wait for one
 
 
 @dataclass(frozen=True)
@@ -180,12 +182,24 @@ class _Section:
             path = value[len("maildir:"):]
             if not path:
                 raise ConfigError(f"{self.where(key)}: maildir: needs a path")
+            if "next_hop_connections" in self.data:
+                raise ConfigError(f"{self.where('next_hop_connections')}: only for an SMTP next hop, "
+                                  f"not {value!r}")
             return NextHop(maildir=Path(path) if os.path.isabs(path) else (self.base / path).resolve())
         ca_file = self.path("next_hop_ca_file", None)
         if ca_file is not None and not ca_file.is_file():
             raise ConfigError(f"{self.where('next_hop_ca_file')}: {ca_file} does not exist")
         return NextHop(endpoint=parse_endpoint(value, self.where(key)),
-                       starttls=bool(self.get("next_hop_starttls", False, bool)), ca_file=ca_file)
+                       starttls=bool(self.get("next_hop_starttls", False, bool)), ca_file=ca_file,
+                       connections=self.count("next_hop_connections", NextHop.connections,
+                                              MAX_NEXT_HOP_CONNECTIONS))
+
+    def count(self, key: str, default: int, maximum: int) -> int:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            raise ConfigError(f"{self.where(key)}: expected a number from 1 to {maximum}, got {value!r}")
+        return value
 
     def check_unknown(self) -> None:
         unknown = set(self.data) - self.used

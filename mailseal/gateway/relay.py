@@ -1,19 +1,22 @@
-"""Delivery to the next hop: an SMTP client with connection reuse, or a Maildir.
+"""Delivery to the next hop: an SMTP client with a bounded connection pool, or a Maildir.
 
 mailseal answers its client only after this returns: a recipient's reply is
 2xx only when the next hop accepted the mail for it. Unreachable, timed out
 or 4xx next hops give 4xx replies, so the MTA keeps the mail and retries; a
-5xx from the next hop is passed back as it came.
+5xx from the next hop is passed back as it came. A reply the protocol does
+not allow at that step (a 2xx to DATA, a 3xx to MAIL, a reply nobody asked
+for) is a 4xx too, and that connection is dropped, never reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +26,19 @@ from .replies import Reply
 COMMAND_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 30.0
 FINAL_REPLY_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: ten minutes for the final dot
+DEFAULT_CONNECTIONS = 10  # per next hop: [outbound]/[inbound] next_hop_connections
+QUEUE_TIMEOUT = 300.0  # the longest a copy waits for a free connection
+IDLE_REUSE = 60.0  # an idle connection older than this is closed, not reused
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 
 
 Buffer = bytes | bytearray | memoryview
 SEND_SLICE = 1 << 20  # a large message goes out a MiB at a time, never copied whole
+
+_REPLY_CODE = re.compile(r"[2-5][0-5][0-9]")  # RFC 5321 4.2; 1yz has no use in SMTP
+_POSITIVE = range(200, 300)
+_GO_AHEAD = (354,)
+_READY = (220,)
 
 
 @dataclass
@@ -58,26 +69,57 @@ class _Broken(Exception):
         self.in_data = False  # broke after DATA: the next hop may hold a copy
 
 
+def _expect(reply: Reply, success: Container[int]) -> Reply:
+    """The reply, if this step allows it: one of its `success` codes or a
+    refusal (4xx/5xx). Anything else (a 2xx to DATA, a 354 to MAIL) means the
+    next hop and mailseal no longer agree where they are in the dialogue:
+    whatever it says next cannot be trusted, so the connection is dropped."""
+    if reply.code >= 400 or reply.code in success:
+        return reply
+    raise _Broken(replies.NEXT_HOP_PROTOCOL)
+
+
+# After a CR or LF, a dot is where receivers disagree: RFC 5321 ends lines at
+# CRLF only, Postfix (and most MTAs) at a bare LF too, a few at a bare CR.
+# There it becomes CRLF "..": every one of them then removes that one dot.
+_DOT_AFTER_LINE_END = re.compile(rb"(?:\r\n|\r|\n)\.")
+
+
 def dot_stuff(pieces: Sequence[Buffer]) -> list[Buffer]:
     """RFC 5321 4.5.2 transparency over a message in pieces, and the final
     CRLF the terminator needs.
 
-    A piece is copied only when it has a line starting with "." (sealed mail
-    never does); a piece starts a line when the one before ended with LF.
+    A dot is stuffed where a line starts: at the start and after each CRLF.
+    A bare CR or LF goes as it came, except before a dot, where it becomes
+    CRLF and the dot is stuffed, so strict and lenient receivers alike read
+    one dot and no receiver sees an end of data inside the message.
+    A piece is copied only when it has such a dot (sealed mail never does)
+    or ends in a bare CR or LF (its meaning depends on the next piece).
     """
     out: list[Buffer] = []
     line_start = True
+    carry = b""  # a bare CR or LF that ended the last piece
     for piece in pieces:
-        if isinstance(piece, memoryview):
-            piece = piece.tobytes()
         if not piece:
             continue
-        if piece.find(b"\n.") >= 0:
-            piece = piece.replace(b"\n.", b"\n..")
+        if carry:
+            piece = carry + piece
+            carry = b""
+        elif isinstance(piece, memoryview):
+            piece = piece.tobytes()
+        end = piece[-1:]
+        if end == b"\r" or (end == b"\n" and piece[-2:-1] != b"\r"):
+            carry, piece = end, piece[:-1]
+            if not piece:
+                continue
+        if piece.find(b"\n.") >= 0 or piece.find(b"\r.") >= 0:
+            piece = _DOT_AFTER_LINE_END.sub(b"\r\n..", piece)
         if line_start and piece.startswith(b"."):
             out.append(b".")
         out.append(piece)
-        line_start = piece.endswith(b"\n")
+        line_start = piece.endswith(b"\r\n")
+    if carry:
+        out.append(carry)
     if not out or not out[-1].endswith(b"\r\n"):
         out.append(b"\r\n")  # the terminator is CRLF "." CRLF, whatever the message ends with
     return out
@@ -87,9 +129,16 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.extensions: dict[str, str] = {}
+        self.reusable = True  # False once the server said it is closing, or a reset failed
+
+    @property
+    def unsolicited(self) -> bool:
+        """The server has sent bytes no command asked for (yet)."""
+        return bool(self.reader._buffer)  # asyncio offers no public view of what it holds
 
     async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
         lines = []
+        code = None
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -97,17 +146,28 @@ class _Connection:
                     if not line.endswith(b"\n"):
                         raise _Broken(replies.NEXT_HOP_UNREACHABLE)  # closed mid-reply
                     text = line.decode("utf-8", "replace").rstrip("\r\n")
-                    if len(text) < 3 or not text[:3].isdigit():
+                    separator = text[3:4]
+                    if not _REPLY_CODE.fullmatch(text[:3]) or separator not in ("", " ", "-") \
+                            or text[:3] != (code or text[:3]):
                         raise _Broken(replies.NEXT_HOP_PROTOCOL)
+                    code = text[:3]
                     lines.append(text[4:])
-                    if text[3:4] != "-":
-                        return Reply(int(text[:3]), "\n".join(lines))
+                    if separator != "-":
+                        if code == "421":
+                            self.reusable = False  # RFC 5321 3.8: it closes the channel next
+                        return Reply(int(code), "\n".join(lines))
         except TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
+        except ValueError:  # a line beyond the reader's limit
+            raise _Broken(replies.NEXT_HOP_PROTOCOL) from None
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
     async def send(self, *pieces: Buffer) -> None:
+        if self.unsolicited:
+            # A reply before the command (say, a 250 sent along with the 354):
+            # every reply from here on would answer something else.
+            raise _Broken(replies.NEXT_HOP_PROTOCOL)
         if len(pieces) > 1 and sum(map(len, pieces)) <= SEND_SLICE:
             pieces = (b"".join(pieces),)  # one write, one system call, for the common small message
         try:
@@ -129,9 +189,16 @@ class _Connection:
         except (ConnectionError, OSError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
-    async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
+    async def command(self, line: str, success: Container[int] = _POSITIVE,
+                      timeout: float = COMMAND_TIMEOUT) -> Reply:
         await self.send(line.encode("utf-8", "surrogateescape") + b"\r\n")
-        return await self.reply(timeout)
+        return _expect(await self.reply(timeout), success)
+
+    async def reset(self) -> None:
+        """RSET after a transaction that went nowhere; a refused RSET leaves
+        the session in doubt, so the connection is not reused."""
+        if not (await self.command("RSET")).ok:
+            self.reusable = False
 
     def close(self) -> None:
         self.writer.close()
@@ -144,15 +211,26 @@ def _xtext(value: str) -> str:
 
 
 class SMTPNextHop:
-    """An SMTP server as next hop, with idle connections kept for reuse."""
+    """An SMTP server as next hop, through a pool of at most `max_connections`.
+
+    Copies beyond the limit wait for a free connection (at most
+    `queue_timeout` seconds, then 451 4.4.5); idle connections are reused.
+    A connection is only ever opened by a copy holding a free slot while no
+    idle one is left, so no more than `max_connections` are ever open.
+    """
 
     def __init__(self, host: str, port: int, *, starttls: bool = False, helo: str | None = None,
-                 tls_context: ssl.SSLContext | None = None, max_idle: int = 8) -> None:
+                 tls_context: ssl.SSLContext | None = None, max_connections: int = DEFAULT_CONNECTIONS,
+                 queue_timeout: float = QUEUE_TIMEOUT) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.host, self.port, self.starttls = host, port, starttls
         self.helo = helo or socket.getfqdn()
+        self.max_connections, self.queue_timeout = max_connections, queue_timeout
         self._tls = tls_context or ssl.create_default_context()
+        self._slots = asyncio.Semaphore(max_connections)  # one per copy being delivered
         self._idle: list[tuple[_Connection, float]] = []
-        self._max_idle = max_idle
+        self._closed = False
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -167,24 +245,34 @@ class SMTPNextHop:
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
         conn = _Connection(reader, writer)
         try:
-            greeting = await conn.reply()
+            greeting = _expect(await conn.reply(), _READY)
             if not greeting.ok:
                 raise _Broken(Reply(451, f"4.4.1 Next hop greeted with {greeting.code}, try again later"))
             await self._ehlo(conn)
             if self.starttls:
-                if "STARTTLS" not in conn.extensions:
-                    raise _Broken(Reply(451, "4.7.4 Next hop does not offer STARTTLS, which is required"))
-                if not (await conn.command("STARTTLS")).ok:
-                    raise _Broken(Reply(451, "4.7.4 Next hop refused STARTTLS"))
-                try:
-                    await asyncio.wait_for(writer.start_tls(self._tls, server_hostname=self.host), COMMAND_TIMEOUT)
-                except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
-                    raise _Broken(Reply(451, f"4.7.5 TLS with the next hop failed: {exc}")) from None
+                await self._start_tls(conn)
                 await self._ehlo(conn)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    async def _start_tls(self, conn: _Connection) -> None:
+        if "STARTTLS" not in conn.extensions:
+            raise _Broken(Reply(451, "4.7.4 Next hop does not offer STARTTLS, which is required"))
+        if not (await conn.command("STARTTLS", _READY)).ok:
+            raise _Broken(Reply(451, "4.7.4 Next hop refused STARTTLS"))
+        # Whatever came with the 220 was sent in clear and would be read as
+        # if it came through TLS: a man in the middle's forged replies. No
+        # await between this check and start_tls, which stops reading from
+        # the plain socket before it yields.
+        if conn.unsolicited:
+            raise _Broken(replies.NEXT_HOP_TLS_INJECTION)
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await conn.writer.start_tls(self._tls, server_hostname=self.host)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            raise _Broken(Reply(451, f"4.7.5 TLS with the next hop failed: {exc}")) from None
 
     async def _ehlo(self, conn: _Connection) -> None:
         reply = await conn.command(f"EHLO {self.helo}")
@@ -198,19 +286,33 @@ class SMTPNextHop:
     async def _take(self) -> tuple[_Connection, bool]:
         while self._idle:
             conn, since = self._idle.pop()
-            if time.monotonic() - since < 60 and not conn.reader.at_eof():
+            if time.monotonic() - since < IDLE_REUSE and not conn.reader.at_eof() and not conn.unsolicited:
                 return conn, True
-            conn.close()
+            conn.close()  # timed out, closed, or the server said something (421) while idle
         return await self._connect(), False
 
     def _give_back(self, conn: _Connection) -> None:
-        if len(self._idle) < self._max_idle:
+        if conn.reusable and not conn.unsolicited and not self._closed:
             self._idle.append((conn, time.monotonic()))
         else:
             conn.close()
 
     async def deliver(self, envelope: Envelope) -> dict[str, Reply]:
         """Send one message; return the next hop's verdict for each recipient."""
+        if self._slots.locked():  # all connections busy: wait, but not forever
+            try:
+                async with asyncio.timeout(self.queue_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                return dict.fromkeys(envelope.rcpts, replies.NEXT_HOP_BUSY)
+        else:
+            await self._slots.acquire()  # free: no wait, no timer
+        try:
+            return await self._deliver(envelope)
+        finally:
+            self._slots.release()
+
+    async def _deliver(self, envelope: Envelope) -> dict[str, Reply]:
         for attempt in (1, 2):
             try:
                 conn, reused = await self._take()
@@ -220,7 +322,7 @@ class SMTPNextHop:
                 result = await self._transaction(conn, envelope)
             except _Broken as exc:
                 conn.close()
-                if reused and attempt == 1 and exc.reply is not replies.NEXT_HOP_TIMEOUT \
+                if reused and attempt == 1 and exc.reply is replies.NEXT_HOP_UNREACHABLE \
                         and not exc.in_data:
                     continue  # a stale pooled connection: one fresh try
                 return dict.fromkeys(envelope.rcpts, exc.reply)
@@ -229,7 +331,7 @@ class SMTPNextHop:
                 raise
             self._give_back(conn)
             return result
-        raise AssertionError("unreachable")
+        raise RuntimeError("unreachable: the second attempt always returns")
 
     async def _transaction(self, conn: _Connection, env: Envelope) -> dict[str, Reply]:
         ext = conn.extensions
@@ -252,23 +354,21 @@ class SMTPNextHop:
         rcpt_lines = [f"RCPT TO:<{r}>" for r in env.rcpts]
         if "PIPELINING" in ext:
             return await self._pipelined(conn, env, mail, rcpt_lines, chunking="CHUNKING" in ext)
-        else:
-            mail_reply = await conn.command(mail)
-            if not mail_reply.ok:
-                return dict.fromkeys(env.rcpts, mail_reply)
-            rcpt_replies = [await conn.command(line) for line in rcpt_lines]
-        result = dict(zip(env.rcpts, rcpt_replies, strict=True))
+        mail_reply = await conn.command(mail)
+        if not mail_reply.ok:
+            return dict.fromkeys(env.rcpts, mail_reply)
+        result = {r: await conn.command(line) for r, line in zip(env.rcpts, rcpt_lines, strict=True)}
         accepted = [r for r, reply in result.items() if reply.ok]
         try:
             if not accepted:
-                await conn.command("RSET")
+                await conn.reset()
                 return result
-            start = await conn.command("DATA")
+            start = await conn.command("DATA", _GO_AHEAD)
             if start.code != 354:
-                await conn.command("RSET")
+                await conn.reset()
                 return {r: (start if r in accepted else reply) for r, reply in result.items()}
             await conn.send(*dot_stuff(env.data), b".\r\n")
-            final = await conn.reply(FINAL_REPLY_TIMEOUT)
+            final = _expect(await conn.reply(FINAL_REPLY_TIMEOUT), _POSITIVE)
         except _Broken as exc:
             # After DATA started, a broken connection counts as not accepted
             # (451): the MTA's retry may duplicate, never lose, the message.
@@ -281,8 +381,8 @@ class SMTPNextHop:
         """RFC 2920 (and RFC 3030): the whole envelope in one write.
 
         With CHUNKING the message goes in the same write (BDAT n LAST, no
-        dot-stuffing): one round trip a message. Otherwise DATA ends the
-        group and the message follows the 354.
+        dot-stuffing, byte for byte): one round trip a message. Otherwise
+        DATA ends the group and the message follows the 354.
         """
         envelope = "".join(line + "\r\n" for line in [mail, *rcpt_lines]).encode("utf-8", "surrogateescape")
         mail_reply = None
@@ -291,22 +391,23 @@ class SMTPNextHop:
                 await conn.send(envelope, f"BDAT {env.size} LAST\r\n".encode(), *env.data)
             else:
                 await conn.send(envelope, b"DATA\r\n")
-            mail_reply = await conn.reply()
-            rcpt_replies = [await conn.reply() for _ in rcpt_lines]
+            mail_reply = _expect(await conn.reply(), _POSITIVE)
+            rcpt_replies = [_expect(await conn.reply(), _POSITIVE) for _ in rcpt_lines]
             result = dict(zip(env.rcpts, rcpt_replies, strict=True))
-            accepted = [r for r, reply in result.items() if reply.ok]
-            last = await conn.reply(FINAL_REPLY_TIMEOUT if chunking else COMMAND_TIMEOUT)
-            if not chunking:
-                if last.code == 354:
-                    if not mail_reply.ok or not accepted:
-                        # The server wants data nobody will receive: end it empty.
-                        await conn.send(b".\r\n")
-                        await conn.reply()
-                    else:
-                        await conn.send(*dot_stuff(env.data), b".\r\n")
-                        last = await conn.reply(FINAL_REPLY_TIMEOUT)
-                elif accepted and mail_reply.ok:
-                    last = last if not last.ok else replies.NEXT_HOP_PROTOCOL
+            accepted = [r for r, reply in result.items() if reply.ok] if mail_reply.ok else []
+            if chunking:
+                last = _expect(await conn.reply(FINAL_REPLY_TIMEOUT), _POSITIVE)
+            else:
+                last = _expect(await conn.reply(), _GO_AHEAD)
+                if last.code == 354 and not accepted:
+                    # The server wants data nobody will receive: end it empty.
+                    await conn.send(b".\r\n")
+                    last = _expect(await conn.reply(), _POSITIVE)
+                elif last.code == 354:
+                    await conn.send(*dot_stuff(env.data), b".\r\n")
+                    last = _expect(await conn.reply(FINAL_REPLY_TIMEOUT), _POSITIVE)
+            if last.ok and not accepted:
+                conn.reusable = False  # took a message for nobody: its state is in doubt
         except _Broken as exc:
             # Not a word back yet: a stale pooled connection, safe to retry.
             exc.in_data = mail_reply is not None
@@ -316,6 +417,8 @@ class SMTPNextHop:
         return {r: (last if r in accepted else reply) for r, reply in result.items()}
 
     async def close(self) -> None:
+        """Close the idle connections; those in use close when their copy is done."""
+        self._closed = True
         for conn, _ in self._idle:
             conn.close()
         self._idle.clear()
@@ -367,4 +470,5 @@ def next_hop_for(config_next_hop) -> SMTPNextHop | MaildirNextHop:
     context = None
     if config_next_hop.ca_file is not None:
         context = ssl.create_default_context(cafile=str(config_next_hop.ca_file))
-    return SMTPNextHop(ep.host, ep.port, starttls=config_next_hop.starttls, tls_context=context)
+    return SMTPNextHop(ep.host, ep.port, starttls=config_next_hop.starttls, tls_context=context,
+                       max_connections=config_next_hop.connections)

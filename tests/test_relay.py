@@ -1,0 +1,462 @@
+"""The SMTP client to the next hop, against next hops that misbehave.
+
+Every misbehaving next hop here is a real SMTP server on loopback (a small
+asyncio server in its own thread) that lies where a test tells it to: that
+is what the relay must survive. Fan-out runs against the harness's aiosmtpd
+sink, counting the connections it sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+import time
+
+import pytest
+
+from mailseal import config
+from mailseal.gateway import replies
+from mailseal.gateway.relay import Envelope, SMTPNextHop, dot_stuff, next_hop_for
+
+from .conftest import run_cli
+from .harness import Daemon, Sink, smtp_transaction
+from .test_gateway import _self_signed
+
+MESSAGE = b"From: a@a.test\r\nTo: b@b.test\r\nSubject: hi\r\n\r\nbody\r\n"
+OK_250 = b"250 2.0.0 Ok\r\n"
+NO_RECIPIENTS = b"554 5.5.1 Error: no valid recipients\r\n"
+
+
+class ScriptedHop:
+    """A real SMTP server on a free loopback port, in its own thread.
+
+    Honest by default. `lies` replaces its reply at one step ("greeting",
+    "EHLO", "STARTTLS", "MAIL", "RCPT", "DATA", "dot", "BDAT", "RSET") with
+    raw bytes, written in one piece. DATA is read strictly as RFC 5321 4.5.2
+    says: lines end at CRLF only, a line "." ends the data, a leading dot is
+    removed; the raw bytes are kept too. `hold` makes it wait before its
+    reply to the final dot until the test sets `release`.
+    """
+
+    def __init__(self, *, extensions: tuple[str, ...] = ("PIPELINING",), lies: dict | None = None,
+                 tls: ssl.SSLContext | None = None, hold: bool = False) -> None:
+        self.extensions, self.lies, self.tls, self.hold = extensions, dict(lies or {}), tls, hold
+        self.connections = self.handshakes = 0
+        self.commands: list[str] = []
+        self.messages: list[tuple[list[str], bytes, bytes]] = []  # (rcpts, content, raw)
+        self.data_seen = threading.Event()
+        self.release = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedHop:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._session, "127.0.0.1", 0), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+
+        async def stop():
+            self._server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            pass  # the relay hung up on us: what several tests want
+        finally:
+            writer.close()
+
+    def _say(self, writer: asyncio.StreamWriter, step: str, honest: bytes) -> bytes:
+        reply = self.lies.get(step, honest)
+        writer.write(reply)
+        return reply
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._say(writer, "greeting", b"220 hop.test ESMTP\r\n")
+        rcpts: list[str] = []
+        chunks: list[bytes] = []
+        secure = False
+        while line := await reader.readline():
+            command = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            self.commands.append(command)
+            verb, _, arg = command.partition(" ")
+            verb = verb.upper()
+            if verb == "EHLO":
+                offered = list(self.extensions) + (["STARTTLS"] if self.tls and not secure else [])
+                self._say(writer, "EHLO", "".join(f"250-{e}\r\n" for e in ["hop.test", *offered[:-1]]).encode()
+                          + f"250 {offered[-1] if offered else 'ok'}\r\n".encode())
+            elif verb == "STARTTLS":
+                self._say(writer, "STARTTLS", b"220 2.0.0 Ready to start TLS\r\n")
+                await writer.drain()
+                await writer.start_tls(self.tls)
+                self.handshakes += 1
+                secure = True
+            elif verb == "MAIL":
+                rcpts = []
+                self._say(writer, "MAIL", b"250 2.1.0 Ok\r\n")
+            elif verb == "RCPT":
+                if self._say(writer, "RCPT", b"250 2.1.5 Ok\r\n").startswith(b"2"):
+                    rcpts.append(arg.partition(":")[2].strip("<>"))
+            elif verb == "RSET":
+                rcpts = []
+                self._say(writer, "RSET", OK_250)
+            elif verb == "DATA":
+                go_ahead = b"354 End data with <CR><LF>.<CR><LF>\r\n" if rcpts else NO_RECIPIENTS
+                if self._say(writer, "DATA", go_ahead).startswith(b"354"):
+                    raw, content = await self._read_data(reader)
+                    await self._finish(writer, "dot", rcpts, content, raw)
+            elif verb == "BDAT":
+                size, _, last = arg.partition(" ")
+                chunks.append(await reader.readexactly(int(size)))
+                if last.upper() == "LAST":
+                    content = b"".join(chunks)
+                    chunks = []
+                    await self._finish(writer, "BDAT", rcpts, content, content)
+                else:
+                    writer.write(OK_250)
+            elif verb == "QUIT":
+                writer.write(b"221 2.0.0 Bye\r\n")
+                return
+            else:
+                writer.write(b"502 5.5.2 Not implemented\r\n")
+
+    @staticmethod
+    async def _read_data(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        raw, content = [], []
+        while True:
+            line = await reader.readuntil(b"\r\n")  # a line ends at CRLF, nowhere else
+            raw.append(line)
+            if line == b".\r\n":
+                return b"".join(raw), b"".join(content)
+            content.append(line[1:] if line.startswith(b".") else line)
+
+    async def _finish(self, writer, step: str, rcpts: list[str], content: bytes, raw: bytes) -> None:
+        self.data_seen.set()
+        if self.hold:
+            await asyncio.to_thread(self.release.wait, 60)
+        reply = self.lies.get(step, OK_250 if rcpts else NO_RECIPIENTS)
+        if reply.startswith(b"2"):
+            self.messages.append((list(rcpts), content, raw))  # before the reply: the test reads it after
+        writer.write(reply)
+
+
+def deliver(hop: SMTPNextHop, *envelopes: Envelope) -> list[dict[str, replies.Reply]]:
+    """Deliver each envelope in turn on one relay client, then close it."""
+    async def run():
+        try:
+            return [await hop.deliver(e) for e in envelopes]
+        finally:
+            await hop.close()
+
+    return asyncio.run(run())
+
+
+def envelope(data=MESSAGE, rcpts=("b@b.test",)) -> Envelope:
+    return Envelope("a@a.test", rcpts, data)
+
+
+# --- issue 8 item 12: replies out of protocol -----------------------------------
+
+LIES = [
+    # (step, what the next hop answers there)
+    ("DATA", b"250 2.0.0 Ok: queued\r\n"),        # "delivered" without any data
+    ("DATA", b"221 2.0.0 Bye\r\n"),
+    ("DATA", b"354 go\r\n250 2.0.0 Ok\r\n"),       # a final reply before the data was sent
+    ("dot", b"354 more please\r\n"),
+    ("MAIL", b"354 go\r\n"),
+    ("MAIL", b"250-first\r\n354 second\r\n"),      # one reply, two codes
+    ("MAIL", b"600 what\r\n"),
+    ("RCPT", b"354 go\r\n"),
+    ("RCPT", b"199 wait\r\n"),
+    ("EHLO", b"354 hello\r\n"),
+    ("greeting", b"250 hello\r\n"),
+]
+
+
+@pytest.mark.parametrize("extensions", [(), ("PIPELINING",)], ids=["plain", "pipelined"])
+@pytest.mark.parametrize("step,lie", LIES, ids=[f"{s}-{lie[:3].decode()}-{i}" for i, (s, lie) in enumerate(LIES)])
+def test_a_reply_out_of_protocol_is_451_and_the_connection_is_dropped(step, lie, extensions):
+    with ScriptedHop(extensions=extensions, lies={step: lie}) as hop:
+        first, second = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope(), envelope())
+        assert first == second == {"b@b.test": replies.NEXT_HOP_PROTOCOL}
+        assert hop.messages == []
+        # Neither connection went back to the pool: the second copy needed its own.
+        assert hop.connections == 2
+
+
+@pytest.mark.parametrize("step,lie", [("BDAT", b"354 go on\r\n"), ("BDAT", b"250-a\r\n550 b\r\n"),
+                                      ("RCPT", b"354 go\r\n")])
+def test_bdat_reply_out_of_protocol_is_451(step, lie):
+    with ScriptedHop(extensions=("PIPELINING", "CHUNKING"), lies={step: lie}) as hop:
+        first, second = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope(), envelope())
+        assert first == second == {"b@b.test": replies.NEXT_HOP_PROTOCOL}
+        assert hop.connections == 2
+
+
+def test_refusals_pass_back_and_only_a_clean_session_is_reused():
+    """The other side of the rule: 4xx/5xx are answers, not protocol errors;
+    after a 421 (the server is closing) the connection is not reused either."""
+    for extensions in [(), ("PIPELINING",), ("PIPELINING", "CHUNKING")]:
+        with ScriptedHop(extensions=extensions, lies={"RCPT": b"550 5.1.1 No such user\r\n"}) as hop:
+            first, second = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope(), envelope())
+            assert first == second == {"b@b.test": replies.Reply(550, "5.1.1 No such user")}
+            assert hop.connections == 1, extensions
+        with ScriptedHop(extensions=extensions, lies={"MAIL": b"421 4.3.2 Shutting down\r\n"}) as hop:
+            first, second = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope(), envelope())
+            assert first == second == {"b@b.test": replies.Reply(421, "4.3.2 Shutting down")}
+            assert hop.connections == 2, extensions
+
+
+def test_out_of_protocol_data_reply_gives_451_through_mailseal_serve(tmp_path):
+    with ScriptedHop(extensions=(), lies={"DATA": b"250 2.0.0 Ok: queued as FAKE\r\n"}) as hop:
+        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{hop.port}"}).start()
+        try:
+            for _ in range(2):
+                t = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], MESSAGE)
+                assert t.data == (451, replies.NEXT_HOP_PROTOCOL.text.encode())
+        finally:
+            d.stop()
+        assert hop.messages == [] and hop.connections == 2
+        assert "Traceback" not in d.log_text()
+
+
+# --- issue 8 item 13: STARTTLS reply injection ------------------------------------
+
+def test_bytes_buffered_after_starttls_fail_the_connection_before_the_handshake(tmp_path):
+    cert_file, server_context = _self_signed(tmp_path)
+    client_context = ssl.create_default_context(cafile=str(cert_file))
+
+    def relay_to(hop: ScriptedHop) -> SMTPNextHop:
+        return SMTPNextHop("127.0.0.1", hop.port, starttls=True, tls_context=client_context)
+
+    # The honest TLS next hop: the certificate and the CA file are good.
+    with ScriptedHop(tls=server_context) as hop:
+        [outcome] = deliver(relay_to(hop), envelope())
+        assert outcome["b@b.test"].ok and hop.handshakes == 1 and len(hop.messages) == 1
+
+    # A man in the middle appends a forged reply to the 220, in the same segment:
+    # it would answer the EHLO sent inside TLS and shift every reply after it.
+    injected = {"STARTTLS": b"220 2.0.0 Ready to start TLS\r\n250 fake\r\n"}
+    with ScriptedHop(tls=server_context, extensions=(), lies=injected) as hop:
+        [outcome] = deliver(relay_to(hop), envelope())
+        assert outcome == {"b@b.test": replies.NEXT_HOP_TLS_INJECTION}
+        assert outcome["b@b.test"].text.startswith("4.7.")
+        assert hop.handshakes == 0 and hop.messages == []
+        assert not any(c.upper().startswith("MAIL") for c in hop.commands)
+
+
+# --- issue 9 item 9: dot-stuffing exactly as a strict receiver unstuffs -----------
+
+FRAMING = [
+    # (message, what a strict RFC 5321 receiver must end up with)
+    (b"a\r\n.b\r\n", b"a\r\n.b\r\n"),
+    (b".at the start\r\n", b".at the start\r\n"),
+    (b"x\r\n.\r\ny\r\n", b"x\r\n.\r\ny\r\n"),
+    (b"x\r\n..\r\n", b"x\r\n..\r\n"),
+    (b"bare\rCR and lone\nLF\r\n", b"bare\rCR and lone\nLF\r\n"),  # no dot after them: as they came
+    (b"a\n.b\r\n", b"a\r\n.b\r\n"),  # a dot after a bare LF starts a line for lenient receivers
+    (b"a\n.\r\nMAIL FROM:<x@evil.test>\r\n", b"a\r\n.\r\nMAIL FROM:<x@evil.test>\r\n"),
+    (b"a\r.\rb\r\n", b"a\r\n.\rb\r\n"),  # likewise after a bare CR
+    (b"no final line end", b"no final line end\r\n"),
+    (b"", b"\r\n"),
+]
+
+
+def test_a_strict_next_hop_receives_each_dot_exactly():
+    for extensions in [(), ("PIPELINING",), ("PIPELINING", "CHUNKING")]:
+        with ScriptedHop(extensions=extensions) as hop:
+            outcomes = deliver(SMTPNextHop("127.0.0.1", hop.port), *(envelope(m) for m, _ in FRAMING))
+            assert all(o["b@b.test"].ok for o in outcomes)
+            received = [content for _, content, _ in hop.messages]
+            if "CHUNKING" in extensions:  # BDAT: no framing inside, byte for byte
+                assert received == [m for m, _ in FRAMING]
+                assert not any(c.upper().startswith("DATA") for c in hop.commands)
+                continue
+            assert received == [want for _, want in FRAMING], extensions
+            for _, _, raw in hop.messages:
+                assert_no_receiver_ends_early(raw)
+
+
+def test_a_message_in_pieces_is_framed_as_if_whole():
+    """Opened mail arrives in decrypted chunks: a chunk may end in a bare LF or
+    CR whose meaning depends on the next chunk's first byte."""
+    with ScriptedHop() as hop:
+        pieces = [[b"a\n", b".b\r\n"], [b"a\r", b".b\r\n"], [b"a\r", b"\n.b\r\n"], [b"a\r\n", b".b\r\n"],
+                  [b"x", b"\n", b"", b".", b"\r\n"], [memoryview(b"a\n"), memoryview(b".b\r\n")]]
+        outcomes = deliver(SMTPNextHop("127.0.0.1", hop.port), *(envelope(p) for p in pieces))
+        assert all(o["b@b.test"].ok for o in outcomes)
+        whole = [b"".join(dot_stuff([b"".join(map(bytes, p))])) for p in pieces]
+        assert [raw for _, _, raw in hop.messages] == [w + b".\r\n" for w in whole]
+        assert [content for _, content, _ in hop.messages][:4] == [b"a\r\n.b\r\n", b"a\r\n.b\r\n",
+                                                                   b"a\r\n.b\r\n", b"a\r\n.b\r\n"]
+
+
+def test_every_split_of_every_framing_case_agrees():
+    for message, want in FRAMING:
+        whole = b"".join(dot_stuff([message]))
+        for cut in range(len(message) + 1):
+            for second in range(cut, len(message) + 1):
+                pieces = [message[:cut], message[cut:second], message[second:]]
+                assert b"".join(dot_stuff(pieces)) == whole, (message, cut, second)
+        assert strict_unstuff(whole + b".\r\n") == want
+
+
+def strict_unstuff(raw: bytes) -> bytes:
+    lines = raw.split(b"\r\n")
+    assert lines[-2:] == [b".", b""], "the data must end with the only line '.'"
+    return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines[:-2])
+
+
+def assert_no_receiver_ends_early(raw: bytes) -> None:
+    """Lenient receivers end lines at a bare LF (Postfix before 3.9, most MTAs)
+    or even a bare CR: for each of them the only line "." must be the last one,
+    and every other line starting with a dot must have been stuffed."""
+    assert raw.endswith(b"\r\n.\r\n") or raw == b".\r\n"
+    body = raw[:-3]
+    for line_end in (b"\r\n", b"\n", b"\r"):
+        lines = body.replace(b"\r\n", b"\n").split(b"\n") if line_end == b"\n" else \
+            body.replace(b"\r\n", b"\r").split(b"\r") if line_end == b"\r" else body.split(b"\r\n")
+        for line in lines:
+            assert not line.startswith(b".") or line.startswith(b".."), (line_end, raw)
+
+
+# --- issue 9 item 5: bounded fan-out ------------------------------------------------
+
+class CountingSink(Sink):
+    """The harness's aiosmtpd sink, counting the connections open at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = self.peak = self.connections = 0
+        self._changed = threading.Condition()
+        make = self.controller.factory
+        sink = self
+
+        def factory():
+            server = make()
+            made, lost = server.connection_made, server.connection_lost
+
+            def connection_made(transport):
+                with sink._changed:
+                    sink.open += 1
+                    sink.connections += 1
+                    sink.peak = max(sink.peak, sink.open)
+                made(transport)
+
+            def connection_lost(exc):
+                with sink._changed:
+                    sink.open -= 1
+                    sink._changed.notify_all()
+                lost(exc)
+
+            server.connection_made, server.connection_lost = connection_made, connection_lost
+            return server
+
+        self.controller.factory = factory
+
+    def __enter__(self) -> CountingSink:
+        super().__enter__()
+        # aiosmtpd's controller makes one connection of its own at start: not ours.
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.open == 0, 30)
+            self.peak = self.connections = 0
+        return self
+
+
+@pytest.mark.parametrize("limit", [None, 3])
+def test_a_thousand_copies_share_a_bounded_pool(limit):
+    with CountingSink() as sink:
+        hop = SMTPNextHop("127.0.0.1", sink.port, **({} if limit is None else {"max_connections": limit}))
+
+        async def fan_out():
+            try:
+                return await asyncio.gather(*(hop.deliver(envelope(MESSAGE, (f"r{i}@b.test",)))
+                                              for i in range(1000)))
+            finally:
+                await hop.close()
+
+        outcomes = asyncio.run(fan_out())
+        assert all(o[f"r{i}@b.test"].ok for i, o in enumerate(outcomes))
+        assert len(sink.messages) == 1000
+        expected = limit or 10
+        # The pool fills up to its limit, never beyond, and reuses what it opened.
+        assert sink.peak == expected and sink.connections == expected
+
+
+def test_a_copy_waits_for_a_free_connection_only_so_long():
+    with ScriptedHop(hold=True) as hop:
+        relay = SMTPNextHop("127.0.0.1", hop.port, max_connections=1, queue_timeout=0.2)
+
+        async def run():
+            first = asyncio.ensure_future(relay.deliver(envelope(rcpts=("first@b.test",))))
+            assert await asyncio.to_thread(hop.data_seen.wait, 30)
+            second = await relay.deliver(envelope(rcpts=("second@b.test",)))
+            hop.release.set()
+            try:
+                return await first, second
+            finally:
+                await relay.close()
+
+        first, second = asyncio.run(run())
+        assert first["first@b.test"].ok
+        assert second == {"second@b.test": replies.NEXT_HOP_BUSY}
+        assert hop.connections == 1 and [r for r, _, _ in hop.messages] == [["first@b.test"]]
+
+
+def test_a_thousand_bcc_copies_through_mailseal_serve(tmp_path):
+    with CountingSink() as sink:
+        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
+        generated = run_cli("keygen").stdout.decode().splitlines()
+        d.cli("keys", "import", "@b.test", next(line.split(": ", 1)[1] for line in generated
+                                                if line.startswith("# public key: ")))
+        d.start()
+        try:
+            rcpts = [f"r{i}@b.test" for i in range(1000)]
+            started = time.monotonic()
+            t = smtp_transaction(d.outbound_port, "a@a.test", rcpts, MESSAGE)
+            took = time.monotonic() - started
+        finally:
+            d.stop()
+        assert t.data[0] == 250, t.data
+        # Every recipient is a Bcc: a sealed copy each, over the default 10 connections.
+        assert sorted(r for m in sink.messages for r in m.rcpts) == sorted(rcpts)
+        assert len(sink.messages) == 1000
+        assert sink.peak == 10
+        assert took < 60, f"1,000 copies took {took:.0f} s"
+        assert "Traceback" not in d.log_text()
+
+
+# --- the setting --------------------------------------------------------------------
+
+def test_next_hop_connections_setting_is_validated(tmp_path):
+    def load(value, next_hop="127.0.0.1:25"):
+        return config.from_dict({"inbound": {"next_hop": next_hop, "next_hop_connections": value}}, tmp_path)
+
+    assert load(25).inbound.next_hop.connections == 25
+    assert next_hop_for(load(25).inbound.next_hop).max_connections == 25
+    assert config.from_dict({"outbound": {}}, tmp_path).outbound.next_hop.connections == 10
+    for bad in (0, -1, 1001, "ten", True, 2.5):
+        with pytest.raises(config.ConfigError, match=r"\[inbound\] next_hop_connections: expected a number"):
+            load(bad)
+    with pytest.raises(config.ConfigError, match=r"next_hop_connections: only for an SMTP next hop"):
+        load(5, next_hop="maildir:box")
+    path = tmp_path / "bad.toml"
+    path.write_text('[outbound]\nnext_hop_connections = 0\n')
+    result = run_cli("-c", str(path), "check-config")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().endswith(
+        "[outbound] next_hop_connections: expected a number from 1 to 1000, got 0")
+    assert b"Traceback" not in result.stderr
