@@ -52,7 +52,10 @@ debian-packages:
 	fi
 
 # The gateway on loopback with config/mailseal.toml: keystore and Maildirs in ./run/.
+# `keys init` makes the keystore the first time (serve never does).
 run: venv
+	@$(VENV)/bin/mailseal -c $(CONFIG) keys init
+	@$(PY) -m mailseal.demo --where $(CONFIG)
 	$(VENV)/bin/mailseal -c $(CONFIG) serve
 
 # One message through the outbound and the inbound listener, sealed then opened.

@@ -250,7 +250,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except KeystoreError as exc:
             problems.append(str(exc))
     else:
-        print(f"note: keystore {ks.path} does not exist yet; it is created on first use")
+        problems.append(f"keystore {ks.path} does not exist (check [keystore] path; `mailseal keys init` "
+                        "creates it; `serve` never does)")
     if cfg.outbound is None and cfg.inbound is None:
         problems.append("no [outbound] or [inbound] section: `mailseal serve` would have nothing to run")
     for problem in problems:
@@ -266,6 +267,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .gateway import server
+    from .gateway.instance import AlreadyRunning
     from .keystore import KeystoreError
     from .replay import CacheUnavailable
 
@@ -273,7 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.setup_logging()
     try:
         return server.serve(path)
-    except (ConfigError, KeystoreError, CacheUnavailable) as exc:
+    except (ConfigError, KeystoreError, CacheUnavailable, AlreadyRunning) as exc:
         raise UserError(str(exc)) from None
 
 

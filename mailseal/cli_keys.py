@@ -48,16 +48,21 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _store(args: argparse.Namespace, create: bool) -> SQLiteKeyStore:
-    from .keystore import KeystoreError, open_keystore
+    from .keystore import KeystoreError, open_keystore, resolve_master_key
 
     cfg = load_config(args)
+    creating = create and not cfg.keystore.path.exists()
     try:
-        return open_keystore(cfg.keystore, create=create, actor=f"cli:{_user()}")
+        store = open_keystore(cfg.keystore, create=create, actor=f"cli:{_user()}")
     except KeystoreError as exc:
         if not create and not cfg.keystore.path.exists():
-            raise UserError(f"keystore {cfg.keystore.path} does not exist yet (`keys generate`, "
-                            "`keys import` or `policy set` creates it)") from None
+            raise UserError(f"keystore {cfg.keystore.path} does not exist (check [keystore] path; "
+                            "`mailseal keys init` creates it)") from None
         raise UserError(str(exc)) from None
+    if creating:  # said out loud: a typo in [keystore] path shows here
+        master = resolve_master_key(cfg.keystore.master_key_file, cfg.keystore.passphrase_env)
+        print(f"created keystore {cfg.keystore.path} (master key: {master.describe}; back it up separately)")
+    return store
 
 
 def _user() -> str:
@@ -117,6 +122,23 @@ def _run(args: argparse.Namespace, create: bool, action):
 
 
 # --- keys ------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the keystore (and its master key file); an existing one is left as it is."""
+    cfg = load_config(args)
+    existed = cfg.keystore.path.exists()
+
+    def describe(store):
+        store.master()  # an existing keystore must open with the configured master key
+        return len(store.list_keys()), len(store.list_policies())
+
+    keys, policies = _run(args, True, describe)
+    if existed:
+        print(f"keystore {cfg.keystore.path} exists already ({keys} keys, {policies} policies); nothing changed")
+    else:
+        print(f"keystore {cfg.keystore.path} is ready; `mailseal serve` uses it")
+    return 0
+
 
 def cmd_generate(args: argparse.Namespace) -> int:
     owner = _owner(args.owner)
@@ -332,6 +354,8 @@ def cmd_policy_list(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     keys = commands.add_parser("keys", help="manage keys in the keystore").add_subparsers(
         dest="keys_command", metavar="ACTION", required=True)
+    p = keys.add_parser("init", help="create the keystore and its master key (serve never does)")
+    p.set_defaults(func=cmd_init)
     p = keys.add_parser("generate", help="new local identity (post-quantum unless --classic)")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
     p.add_argument("--classic", action="store_true", help="X25519, for partners on older tools")

@@ -52,7 +52,28 @@ def _newest(maildir: Path, before: set[Path], timeout: float = 10) -> Path:
     raise SystemExit(f"demo: nothing arrived in {maildir}")
 
 
+def _hop(hop: config_mod.NextHop) -> str:
+    return f"the Maildir {hop.maildir}" if hop.maildir is not None else f"the next hop {hop.endpoint}"
+
+
+def where(path: Path) -> int:
+    """What `make run` says before it starts: where mail goes and how to stop it."""
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"mailseal: error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.outbound is not None:
+        print(f"mail sent to {cfg.outbound.listen} (outbound) is sealed and goes to {_hop(cfg.outbound.next_hop)}")
+    if cfg.inbound is not None:
+        print(f"mail sent to {cfg.inbound.listen} (inbound) is opened and goes to {_hop(cfg.inbound.next_hop)}")
+    print("Ctrl-C stops the gateway; try `make demo` in another terminal to send a message through both.")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--where"]:
+        return where(Path(sys.argv[2] if len(sys.argv) > 2 else "config/mailseal.toml"))
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "config/mailseal.toml")
     cfg = config_mod.load(path)
     if cfg.outbound is None or cfg.inbound is None or cfg.outbound.next_hop.maildir is None:

@@ -145,6 +145,10 @@ class Daemon:
         return result.stdout.decode()
 
     def start(self) -> Daemon:
+        from mailseal import config as config_mod
+
+        if not config_mod.load(self.config).keystore.path.exists():
+            self.cli("keys", "init")  # as an administrator does first: `serve` never creates one
         self._log_handle = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mailseal", "-c", str(self.config), "serve"],
                                      stdout=self._log_handle, stderr=subprocess.STDOUT,

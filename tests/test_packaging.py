@@ -74,6 +74,22 @@ def test_readme_starts_with_the_two_commands():
     assert "make run" in first_block and "make test" in first_block
 
 
+def test_readme_commands_are_commands_one_can_type():
+    """Each line of the README's command block runs as written (no `a | b` shorthand)."""
+    from mailseal.cli import build_parser
+
+    block = (ROOT / "README.md").read_text().split("## The gateway")[1].split("```sh")[1].split("```")[0]
+    parser = build_parser()
+    for line in filter(None, (ln.split("#")[0].strip() for ln in block.splitlines())):
+        words = line.split()[1:]
+        if "|" in line:  # a choice between subcommands, as in `quarantine list|show`
+            assert words[0] == "quarantine", line
+            continue
+        if words[:2] == ["keys", "export"]:
+            words = words[:3]  # the redirection is the shell's
+        parser.parse_args(words)  # exits 2 on a line that is not a command
+
+
 def test_make_run_starts_the_gateway_and_seals_into_the_maildir(tmp_path):
     """`make run` with a copy of config/mailseal.toml on free ports."""
     text = (ROOT / "config" / "mailseal.toml").read_text()
@@ -89,6 +105,10 @@ def test_make_run_starts_the_gateway_and_seals_into_the_maildir(tmp_path):
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(out_port, timeout=120, proc=proc)
+        said = b"".join(proc.stdout.readline() for _ in range(4)).decode()  # before serve logs anything
+        assert f"127.0.0.1:{out_port} (outbound) is sealed and goes to the Maildir {tmp_path}/run/outbox" in said
+        assert f"127.0.0.1:{in_port} (inbound) is opened and goes to the Maildir {tmp_path}/run/inbox" in said
+        assert "Ctrl-C stops the gateway" in said and "make demo" in said
         message = b"From: alice@demo.test\r\nTo: bob@demo.test\r\nSubject: hello\r\n\r\nsecret\r\n"
         with smtplib.SMTP("127.0.0.1", out_port) as smtp:
             smtp.sendmail("alice@demo.test", ["bob@demo.test"], message)

@@ -21,6 +21,7 @@ from .. import config as config_mod
 from ..keystore import SQLiteKeyStore, open_keystore
 from ..quarantine import Quarantine
 from ..replay import ReplayCache, Window
+from . import instance
 from .inbound import InboundHandler
 from .outbound import OutboundHandler
 from .relay import next_hop_for
@@ -58,7 +59,9 @@ class Context:
 
     @classmethod
     def build(cls, cfg: config_mod.Config) -> Context:
-        keystore = open_keystore(cfg.keystore, create=True, actor="daemon")
+        # Never created here: a typo in [keystore] path must stop the start,
+        # not run on an empty keystore that seals nothing (`keys init` makes one).
+        keystore = open_keystore(cfg.keystore, create=False, actor="daemon")
         if cfg.inbound is not None:
             keystore.master()  # a missing or wrong master key stops the start, loudly
         ctx = cls(cfg, keystore)
@@ -186,21 +189,43 @@ async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = N
 
 
 def serve(path: Path) -> int:
-    """`mailseal serve`: one process, or a supervisor of `workers` processes."""
+    """`mailseal serve`: one process, or a supervisor of `workers` processes.
+
+    One instance per state directory (gateway/instance.py): the lock is
+    taken before anything listens and held, by the workers too, until the
+    last of them exits.
+    """
     cfg = _load(path)
-    if cfg.server.workers <= 1:
-        return asyncio.run(run(path))
-    return _supervise(path, cfg)
+    summary = _keystore_summary(cfg)  # a missing keystore stops the start before anything is made
+    lock = instance.lock_state_dir(cfg.server.state_dir)
+    try:
+        log.info("%s", summary)
+        if cfg.server.workers <= 1:
+            return asyncio.run(run(path))
+        return _supervise(path, cfg)
+    finally:
+        os.close(lock)
+
+
+def _keystore_summary(cfg: config_mod.Config) -> str:
+    """What the daemon runs on, for the log: a wrong path shows at once."""
+    with open_keystore(cfg.keystore, create=False, actor="daemon") as keystore:
+        records = keystore.list_keys()
+        policies = keystore.list_policies()
+    local = sum(1 for r in records if r.scope == "local")
+    return (f"keystore {cfg.keystore.path}: {len(records)} keys ({local} local, {len(records) - local} remote), "
+            f"{len(policies)} policies")
 
 
 def _supervise(path: Path, cfg: config_mod.Config) -> int:
     """Fork the workers, pass signals on, replace a worker that dies.
 
-    The keystore is checked here first (creating it if needed), so a broken
-    one stops the start before any fork; each worker then opens its own
-    connections, as SQLite requires.
+    The keystore is checked here first, so a missing or broken one stops the
+    start before any fork; each worker then opens its own connections, as
+    SQLite requires. Workers get SIGTERM when the supervisor dies.
     """
     Context.build(cfg).keystore.close()
+    supervisor = os.getpid()
     children: dict[int, int] = {}
     stopping = False
 
@@ -208,6 +233,7 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
+            instance.die_with_parent(supervisor)
             os.close(read_fd)
             os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

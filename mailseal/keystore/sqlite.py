@@ -185,7 +185,8 @@ class SQLiteKeyStore:
         self._lookups_time = 0.0
         creating = not self.path.exists()
         if creating and not create:
-            raise StoreUnavailable(f"keystore {self.path} does not exist")
+            raise StoreUnavailable(f"keystore {self.path} does not exist (check [keystore] path; "
+                                   "`mailseal keys init` creates one)")
         if creating:
             self._create_file()
         with _sqlite_errors(self.path):
