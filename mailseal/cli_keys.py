@@ -130,7 +130,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     def describe(store):
         store.master()  # an existing keystore must open with the configured master key
-        return len(store.list_keys()), len(store.list_policies())
+        return len(store.list_keys()), len(store.list_policies()) + len(store.list_inbound_policies())
 
     keys, policies = _run(args, True, describe)
     if existed:

@@ -57,10 +57,12 @@ def test_keys_init_then_serve_logs_what_keystore_it_runs_on(tmp_path):
     d.cli("keys", "generate", "bob@b.test")
     d.cli("keys", "import", "carol@c.test", str(__import__("mailseal").age.generate().recipient()))
     d.cli("policy", "set", "@c.test", "require")
-    assert "exists already (2 keys, 1 policies); nothing changed" in d.cli("keys", "init")
+    d.cli("policy", "set", "--inbound", "@c.test", "sealed")
+    # bob's encryption identity and its signing key beside it, carol's public key
+    assert "exists already (3 keys, 2 policies); nothing changed" in d.cli("keys", "init")
     d.start()
     try:
-        assert f"keystore {keystore}: 2 keys (1 local, 1 remote), 1 policies" in d.log_text()
+        assert f"keystore {keystore}: 3 keys (2 local, 1 remote), 1 policies, 1 inbound policies" in d.log_text()
     finally:
         d.stop()
 

@@ -212,9 +212,10 @@ def _keystore_summary(cfg: config_mod.Config) -> str:
     with open_keystore(cfg.keystore, create=False, actor="daemon") as keystore:
         records = keystore.list_keys()
         policies = keystore.list_policies()
+        inbound = keystore.list_inbound_policies()
     local = sum(1 for r in records if r.scope == "local")
     return (f"keystore {cfg.keystore.path}: {len(records)} keys ({local} local, {len(records) - local} remote), "
-            f"{len(policies)} policies")
+            f"{len(policies)} policies, {len(inbound)} inbound policies")
 
 
 def _supervise(path: Path, cfg: config_mod.Config) -> int:
