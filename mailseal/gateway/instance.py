@@ -1,6 +1,8 @@
 """One `serve` per configuration, and workers that do not outlive it.
 
-The lock is an flock(2) on a file in the state directory: the kernel drops
+The lock is an flock(2) on a file in the state directory, one per listener
+address (several instances may share a state directory if they listen
+apart, as gateway nodes share a replay cache): the kernel drops
 it when the last process holding the file closes (a crash, SIGKILL or OOM
 included), so a stale lock never blocks a restart. Workers inherit the
 locked file, so while an orphaned worker still serves, a new supervisor
@@ -18,17 +20,35 @@ import os
 import signal
 from pathlib import Path
 
-LOCK_NAME = "mailseal.lock"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class AlreadyRunning(Exception):
-    """Another `serve` holds this state directory."""
+    """Another `serve` holds this state directory for the same listener."""
 
 
-def lock_state_dir(state_dir: Path) -> int:
-    """Take the instance lock; the returned descriptor holds it (keep it open)."""
-    path = Path(state_dir) / LOCK_NAME
+def lock_path(state_dir: Path, listen) -> Path:
+    """One lock per listener address: two instances that share a state
+    directory but listen apart (an outbound-only and an inbound-only
+    gateway) may run side by side; two on one address may not."""
+    host = str(listen.host).replace(":", "_")
+    return Path(state_dir) / f"serve-{host}-{listen.port}.lock"
+
+
+def lock_listeners(state_dir: Path, listeners) -> list[int]:
+    """Take the instance locks; the returned descriptors hold them (keep them open)."""
+    held: list[int] = []
+    try:
+        for listen in sorted(set(listeners), key=str):
+            held.append(_lock(lock_path(state_dir, listen), listen))
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    return held
+
+
+def _lock(path: Path, listen) -> int:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -39,8 +59,9 @@ def lock_state_dir(state_dir: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise AlreadyRunning(f"another `mailseal serve` (pid {holder}) is running with the state directory "
-                             f"{path.parent} (lock {path}); stop it first") from None
+        raise AlreadyRunning(f"another `mailseal serve` (pid {holder}) runs this configuration: it listens on "
+                             f"{listen} with the state directory {path.parent} (lock {path.name}); "
+                             "stop it first") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -191,20 +191,21 @@ async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = N
 def serve(path: Path) -> int:
     """`mailseal serve`: one process, or a supervisor of `workers` processes.
 
-    One instance per state directory (gateway/instance.py): the lock is
-    taken before anything listens and held, by the workers too, until the
-    last of them exits.
+    One instance per configuration (gateway/instance.py): a lock per
+    listener in the state directory, taken before anything listens and
+    held, by the workers too, until the last of them exits.
     """
     cfg = _load(path)
     summary = _keystore_summary(cfg)  # a missing keystore stops the start before anything is made
-    lock = instance.lock_state_dir(cfg.server.state_dir)
+    locks = instance.lock_listeners(cfg.server.state_dir, [section.listen for _, section in Gateway._listeners(cfg)])
     try:
         log.info("%s", summary)
         if cfg.server.workers <= 1:
             return asyncio.run(run(path))
         return _supervise(path, cfg)
     finally:
-        os.close(lock)
+        for fd in locks:
+            os.close(fd)
 
 
 def _keystore_summary(cfg: config_mod.Config) -> str:
