@@ -187,7 +187,9 @@ def test_costly_opening_does_not_stall_other_clients(world):
             assert second_reader.readline().startswith(b"250")
             latencies.append(time.monotonic() - asked)
     took = time.monotonic() - sent
-    assert len(latencies) >= 3 and max(latencies) < took / 3, (latencies, took)
+    # On the loop, one answer waits nearly all of it (95% measured); off it,
+    # even a busy machine answers in a small part of it.
+    assert len(latencies) >= 3 and max(latencies) < took / 2, (latencies, took)
     reply = reader.readline()
     assert reply.startswith(b"250"), reply
     first.close()
