@@ -189,16 +189,38 @@ class Binding:
         return _bind_tag(self.key, address) in self.tags
 
 
+# Bounds on the outer header work (it is linear, and these keep it small):
+# a kept field longer than OUTER_FIELD_LIMIT, or one that would take the
+# outer header past OUTER_HEADER_LIMIT, or that cannot be made 7-bit, is
+# replaced by a stand-in (dropped for Date and Message-ID; the sealing
+# date then stands in for Date). Only the first field of each name is kept,
+# as RFC 5322 allows one. The original header travels whole inside.
+OUTER_FIELD_LIMIT = 16 * 1024
+OUTER_HEADER_LIMIT = 64 * 1024
+_STAND_INS = {"from": b"From: undisclosed-sender:;", "to": b"To: undisclosed-recipients:;",
+              "cc": b"Cc: undisclosed-recipients:;"}
+
+
 def _outer_headers(message: bytes, eol: bytes, date: int) -> bytes:
     head, _ = mime.split_head(message)
     try:
-        kept = [f for f in mime.fields(head) if f.name.lower() in KEPT_HEADERS]
+        found = mime.fields(head, KEPT_HEADERS)
     except mime.MimeError:
-        kept = []  # an unparseable header block still gets sealed, whole
-    out = [text for text in (mime.reencode_field(f, eol) for f in kept) if text]
-    if not any(line.lower().startswith(b"date:") for line in out):
-        out.append(b"Date: " + _rfc5322_date(date) + eol)
-    return b"".join(out)
+        found = []  # an unparseable header block still gets sealed, whole
+    out: dict[str, bytes] = {}
+    size = 0
+    for field in found:
+        name = field.name.lower()
+        if name in out:
+            continue
+        text = mime.reencode_field(field, eol) if len(field.raw) <= OUTER_FIELD_LIMIT else None
+        if text is None or size + len(text) > OUTER_HEADER_LIMIT:
+            text = _STAND_INS[name] + eol if name in _STAND_INS else b""
+        out[name] = text
+        size += len(text)
+    if not out.get("date"):
+        out["date"] = b"Date: " + _rfc5322_date(date) + eol
+    return b"".join(out.values())
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -381,10 +403,13 @@ def _parse_date(text: str) -> int:
                                 int(second), 0, 0, 0))
     from email.utils import parsedate_to_datetime
 
-    parsed = parsedate_to_datetime(text)
-    if parsed.tzinfo is None:  # "-0000": no zone given; the sealer wrote UTC
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp())
+    try:
+        parsed = parsedate_to_datetime(text)
+        if parsed.tzinfo is None:  # "-0000": no zone given; the sealer wrote UTC
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp())
+    except OverflowError:  # a year beyond what a date can hold: as unreadable as any other
+        raise ValueError("date out of range") from None
 
 
 def _visible(part: _Part) -> tuple[int, str]:

@@ -8,6 +8,7 @@ them around, so the few operations it needs are done here on raw bytes.
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,21 +42,24 @@ def line_ending(data: bytes | memoryview) -> bytes:
     return b"\n" if end >= 0 else b"\r\n"
 
 
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+
 def split_head(data: bytes) -> tuple[bytes, int]:
     """Return (header block, offset of the body).
 
     The header block ends at the first empty line; a message with no empty
-    line is all header. The returned block excludes the empty line.
+    line is all header. The returned block excludes the empty line. One
+    search in C: the header block is the sender's to make as long as the
+    size limit allows.
     """
-    pos = 0
-    while pos < len(data):
-        if data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
-            return data[:pos], pos + (2 if data[pos] == 0x0D else 1)
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            return data, len(data)
-        pos = nl + 1
-    return data, len(data)
+    for empty in (b"\n", b"\r\n"):
+        if data[: len(empty)] == empty:
+            return data[:0], len(empty)
+    end = _HEAD_END.search(data)
+    if end is None:
+        return data, len(data)
+    return data[: end.start() + 1], end.end()
 
 
 @dataclass(frozen=True)
@@ -68,19 +72,47 @@ class Field:
         return self.raw.split(b":", 1)[1]
 
 
-def fields(head: bytes) -> list[Field]:
-    """Split a header block into fields; continuation lines join their field."""
-    out: list[list[bytes]] = []
-    for line in head.split(b"\n"):
-        line = line[:-1] if line.endswith(b"\r") else line
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1].append(line)
-        elif b":" in line:
-            out.append([line])
-        elif line:
-            raise MimeError("header line without a colon")
-    return [Field(lines[0].split(b":", 1)[0].strip().decode("ascii", "replace"), b"\n".join(lines))
-            for lines in out]
+# Header lookups are regular expressions run in C, never a Python loop over
+# the lines, and a header block longer than HEAD_LIMIT is not looked into
+# (Postfix keeps 100 KB of header by default): the block is the sender's to
+# make as long as the size limit allows, and what the gateway needs from it
+# is a handful of fields.
+HEAD_LIMIT = 256 * 1024
+_CONTINUATION = rb"(?:\n[ \t][^\n]*)*"
+# (A block's first line is a field even when it starts with white space.)
+_ANY_FIELD = re.compile(rb"(?:\A|^(?![ \t]))([^\n:]*):[^\n]*" + _CONTINUATION, re.M)
+# A line that is neither a field nor a continuation (the last, empty "line"
+# after the final line feed excepted), or a continuation with nothing before.
+_NOT_A_FIELD = re.compile(rb"^(?![ \t]|\r?$)[^:\n]*$|\A[ \t][^:\n]*$", re.M)
+
+
+@functools.lru_cache(maxsize=64)
+def _named_fields(names: tuple[str, ...]) -> re.Pattern[bytes]:
+    alternatives = b"|".join(re.escape(n.encode("ascii")) for n in names)
+    # Around the name, what bytes.strip() would remove (not at the start of
+    # a continuation line, which belongs to the field before).
+    return re.compile(rb"(?:\A[ \t\r\v\f]*|^(?:[\r\v\f][ \t\r\v\f]*)?)(" + alternatives + rb")[ \t\r\v\f]*:[^\n]*"
+                      + _CONTINUATION, re.M | re.I)
+
+
+def well_formed_head(head: bytes) -> bool:
+    """Every line of the block is a field or continues one, and the block is
+    no longer than HEAD_LIMIT (a longer one is not looked into at all)."""
+    return len(head) <= HEAD_LIMIT and _NOT_A_FIELD.search(head) is None
+
+
+def fields(head: bytes, names: Iterable[str] | None = None) -> list[Field]:
+    """The fields of a header block (only those named, when names are given),
+    in order; continuation lines join their field. Raises MimeError for a
+    line that is not a field, or a block longer than HEAD_LIMIT."""
+    if not well_formed_head(head):
+        raise MimeError("header block too long, or a header line without a colon")
+    pattern = _ANY_FIELD if names is None else _named_fields(tuple(sorted(n.lower() for n in names)))
+    out = []
+    for match in pattern.finditer(head):
+        raw = match.group(0).replace(b"\r\n", b"\n")
+        out.append(Field(match.group(1).strip().decode("ascii", "replace"), raw[:-1] if raw.endswith(b"\r") else raw))
+    return out
 
 
 _PARAM = re.compile(r'\s*;?\s*([!#$%&\'+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\\\]|\\\\.)*"|[^\s;"]+)\s*;?')
@@ -89,40 +121,39 @@ _PARAM = re.compile(r'\s*;?\s*([!#$%&\'+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\\\]|
 class Headers:
     """The few header fields a gateway reads, without the email package's parser.
 
-    `get` returns the first field of that name, unfolded; Content-Type
-    parameters are parsed by email.message.Message (quoting, RFC 2231), but
-    only for that one value. A malformed block gives empty headers.
+    `get` returns the first field of that name, unfolded, found by one
+    search of the block; Content-Type parameters are parsed by
+    email.message.Message (quoting, RFC 2231), but only for that one value.
+    A malformed block gives empty headers.
     """
 
     def __init__(self, head: bytes) -> None:
-        self._fields: dict[str, str] = {}
-        try:
-            found = fields(head)
-        except MimeError:
-            found = []
-        for field in found:
-            name = field.name.lower()
-            if name not in self._fields:
-                value = field.value.decode("utf-8", "surrogateescape")
-                self._fields[name] = " ".join(value.split())
+        self._head = head if well_formed_head(head) else b""
+        self._fields: dict[str, str | None] = {}
         self._ctype: Message | None = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._fields.get(name.lower(), default)
+        name = name.lower()
+        if name not in self._fields:
+            found = _named_fields((name,)).search(self._head)
+            value = found.group(0).split(b":", 1)[1].decode("utf-8", "surrogateescape") if found else None
+            self._fields[name] = None if value is None else " ".join(value.split())
+        value = self._fields[name]
+        return default if value is None else value
 
     def _content_type(self) -> Message:
         if self._ctype is None:
             from email.message import Message
 
             self._ctype = Message()
-            value = self._fields.get("content-type")
+            value = self.get("content-type")
             if value is not None:
                 self._ctype["Content-Type"] = value
         return self._ctype
 
     def content_type(self) -> str:
         """Lowercase type/subtype; text/plain when absent or malformed (RFC 2045)."""
-        value = self._fields.get("content-type")
+        value = self.get("content-type")
         if value is None:
             return "text/plain"
         ctype = value.split(";", 1)[0].strip().lower()
@@ -145,7 +176,7 @@ class Headers:
         """Content-Type parameters by a regular expression: the quick path
         for plain `name=value` and `name="value"`. None when the value needs
         the full parser (RFC 2231 `name*=`, comments, odd quoting)."""
-        value = self._fields.get("content-type")
+        value = self.get("content-type")
         if value is None or "*" in value or "(" in value:
             return None
         _, _, rest = value.partition(";")
@@ -169,30 +200,94 @@ def _well_formed(folded: bytes, eol: bytes) -> bool:
     )
 
 
+ADDRESS_FIELDS = ("from", "sender", "reply-to", "to", "cc")
+_ENCODED_WORD_BYTES = 45  # 60 base64 characters: a 72-character encoded-word (RFC 2047 allows 75)
+_MAILBOX = re.compile(r"(.*?)\s*<([!-;=?-~]+)>", re.S)  # display name, then an ASCII <addr-spec>
+
+
 def reencode_field(field: Field, eol: bytes) -> bytes | None:
     """The field as 7-bit text: verbatim when it already is, else RFC 2047 encoded.
 
-    Returns None for a field that cannot be made well-formed; the caller
-    leaves it out (the original travels intact inside the ciphertext).
+    Only address fields are encoded, mailbox by mailbox (`display name
+    <addr-spec>`, the display name as encoded-words; 7-bit mailboxes as they
+    are). Returns None for anything else that is not well-formed: the caller
+    leaves it out or puts a stand-in (the original travels intact inside the
+    ciphertext). Linear in the field's length, whatever it holds: the email
+    package's folding is quadratic on some input (runs of backslashes,
+    quotes or dots), and this runs on what any sender writes.
     """
     verbatim = eol.join(line.rstrip(b"\r") for line in field.raw.split(b"\n")) + eol
     if _well_formed(verbatim, eol):
         return verbatim
-    from email import policy as email_policy
-    from email.header import Header
+    if field.name.lower() not in ADDRESS_FIELDS:
+        return None
+    value = field.value.decode("utf-8", "replace")
+    encoded = []
+    for mailbox in split_addresses(" ".join(value.split())):
+        text = _encode_mailbox(mailbox, eol.decode())
+        if text is None:
+            return None
+        encoded.append(text)
+    if not encoded:
+        return None
+    folded = (f"{field.name}: " + ("," + eol.decode() + " ").join(encoded)).encode("ascii", "replace") + eol
+    return folded if _well_formed(folded, eol) else None
 
-    policy = email_policy.SMTP.clone(linesep=eol.decode())
-    value = field.value.decode("utf-8", "replace").replace("\x00", "")
-    value = " ".join(part.strip() for part in value.replace("\r", "\n").split("\n"))
-    candidates = []
-    try:
-        candidates.append(policy.header_factory(field.name, value).fold(policy=policy).encode("ascii"))
-    except Exception:  # noqa: BLE001 - the stdlib address parser crashes on some junk
-        pass
-    # Not a parseable address list: encode it as plain text instead.
-    text = Header(value, "utf-8", header_name=field.name).encode(linesep=eol.decode())
-    candidates.append(f"{field.name}: {text}".encode("ascii", "replace") + eol)
-    return next((c for c in candidates if _well_formed(c, eol)), None)
+
+def split_addresses(value: str) -> list[str]:
+    """An address list cut at its top-level commas (not inside a quoted
+    string, a comment or <...>), in one pass; empty members dropped."""
+    members, start, quoted, escaped, comment, angle = [], 0, False, False, 0, False
+    for i, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif char == "\\" and (quoted or comment):
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif comment:
+            comment += {"(": 1, ")": -1}.get(char, 0)
+        elif char == '"':
+            quoted = True
+        elif char == "(":
+            comment = 1
+        elif char in "<>":
+            angle = char == "<"
+        elif char == "," and not angle:
+            members.append(value[start:i])
+            start = i + 1
+    members.append(value[start:])
+    return [m.strip() for m in members if m.strip()]
+
+
+def _encode_mailbox(mailbox: str, eol: str) -> str | None:
+    """`display name <addr-spec>` with the name in encoded-words; None unless
+    the mailbox is 7-bit already or has that shape with a 7-bit address."""
+    if mailbox.isascii() and mailbox.isprintable():
+        return mailbox
+    match = _MAILBOX.fullmatch(mailbox)
+    if match is None:
+        return None  # an 8-bit address, a group, a comment: not for the outside
+    name, address = match.groups()
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1], flags=re.S)
+    if not name:
+        return f"<{address}>"
+    return (eol + " ").join(encoded_words(name)) + f" <{address}>"
+
+
+def encoded_words(text: str) -> list[str]:
+    """RFC 2047 encoded-words (UTF-8, base64) for text, each short enough
+    for a line, never splitting a character."""
+    data = text.encode("utf-8", "replace")
+    words, start = [], 0
+    while start < len(data):
+        end = min(start + _ENCODED_WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:
+            end -= 1  # not inside a UTF-8 sequence
+        words.append("=?utf-8?b?" + binascii.b2a_base64(data[start:end], newline=False).decode() + "?=")
+        start = end
+    return words
 
 
 def _encode_block(block: memoryview, eol: bytes) -> bytes:

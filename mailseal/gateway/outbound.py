@@ -30,23 +30,69 @@ INLINE_SEAL_LIMIT = 256 * 1024  # smaller messages are sealed on the loop: a thr
 # A Bcc list never travels in a sealed copy, shared or not; the rest of the
 # message is sealed byte for byte (a malformed leading line included).
 WITHOUT_BCC = headerfilter.HeaderFilter(("Bcc", "Resent-Bcc"), orphans=True)
+INLINE_HEAD_LIMIT = 16 * 1024  # ... unless their header is longer, or 8-bit
+
+
+def off_loop(message: bytes) -> bool:
+    """Whether the work on this message belongs in a thread: a large one,
+    and one whose header makes the work depend on what the sender wrote
+    (long, or 8-bit and so re-encoded), so no client waits on another's."""
+    if len(message) > INLINE_SEAL_LIMIT:
+        return True
+    head, _ = mime.split_head(message)
+    return len(head) > INLINE_HEAD_LIMIT or not head.isascii()
+
+
+async def _run(in_thread: bool, fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs) if in_thread else fn(*args, **kwargs)
 
 
 def header_recipients(message: bytes) -> set[str]:
-    """Owners (normalised addresses) that the To and Cc headers name."""
+    """Owners (normalised addresses) that the first To and Cc fields name.
+
+    A field that is too long for the outer header, or that the address
+    parser cannot take apart (5,000 nested comments), names nobody: its
+    recipients then get a copy each, which reveals no one to anyone.
+    """
     head, _ = mime.split_head(message)
     try:
-        fields = mime.fields(head)
+        fields = mime.fields(head, ("to", "cc"))
     except mime.MimeError:
         return set()
-    values = [f.value.decode("utf-8", "replace").replace("\r", "").replace("\n", " ")
-              for f in fields if f.name.lower() in ("to", "cc")]
-    owners = set()
-    for _, addr in getaddresses(values):
-        parsed = BaseHandler.address(addr) if addr else None
-        if parsed is not None:
-            owners.add(parsed.owner)
+    owners: set[str] = set()
+    seen = set()
+    for field in fields:
+        name = field.name.lower()
+        if name in seen or len(field.raw) > bundle.OUTER_FIELD_LIMIT:
+            continue
+        seen.add(name)
+        value = field.value.decode("utf-8", "replace").replace("\r", "").replace("\n", " ")
+        try:
+            addresses = getaddresses([value])
+        except (RecursionError, ValueError, IndexError):
+            continue
+        for _, addr in addresses:
+            parsed = BaseHandler.address(addr) if addr else None
+            if parsed is not None:
+                owners.add(parsed.owner)
     return owners
+
+
+def plan(todo: dict[str, policy.Decision], message: bytes) -> tuple[list[policy.Copy], str, bytes]:
+    """The copies to send, their summary for the log line, and the message
+    sealed copies carry (without Bcc): all of it read from the header."""
+    sealing = [r for r, d in todo.items() if d.action is policy.Action.SEAL]
+    # Who the headers name only matters when several are sealed; envelope
+    # and header spellings are compared canonically.
+    owners = header_recipients(message) if len(sealing) > 1 else set()
+    named = [r for r in sealing if BaseHandler.address(r).owner in owners]
+    copies = policy.plan_copies(todo, named)
+    kinds = {c.kind for c in copies}
+    if "clear" in kinds:
+        found = encrypted.verify(message)
+        kinds = kinds - {"clear"} | {f"clear-{found}" if found else "clear"}
+    hidden = WITHOUT_BCC.message(message) if sealing else message
+    return copies, "+".join(sorted(kinds)), hidden
 
 
 class OutboundHandler(BaseHandler):
@@ -100,26 +146,17 @@ class OutboundHandler(BaseHandler):
         todo = {r: d for r, d in current.items() if r not in outcome}
         summary = "changed" if changed else "-"
         if todo:
-            sealing = [r for r, d in todo.items() if d.action is policy.Action.SEAL]
-            # Who the headers name only matters when several are sealed;
-            # envelope and header spellings are compared canonically.
-            owners = header_recipients(message) if len(sealing) > 1 else set()
-            named = [r for r in sealing if self.address(r).owner in owners]
-            copies = policy.plan_copies(todo, named)
-            kinds = {c.kind for c in copies}
-            if "clear" in kinds:
-                found = encrypted.verify(message)
-                kinds = kinds - {"clear"} | {f"clear-{found}" if found else "clear"}
-            summary = "+".join(sorted(kinds))
-            hidden = WITHOUT_BCC.message(message) if sealing else message
-            results = await asyncio.gather(*(self._send(c, envelope, session, hidden if c.sealed else message)
-                                             for c in copies))
+            in_thread = off_loop(message)
+            copies, summary, hidden = await _run(in_thread, plan, todo, message)
+            results = await asyncio.gather(*(self._send(c, envelope, session, hidden if c.sealed else message,
+                                                        in_thread) for c in copies))
             for result in results:
                 outcome.update(result)
         self.log_message(qid, envelope, summary, outcome, started, message_id(message))
         return self.finish(server, rcpts, outcome)
 
-    async def _send(self, copy: policy.Copy, envelope, session, message: bytes) -> dict[str, Reply]:
+    async def _send(self, copy: policy.Copy, envelope, session, message: bytes, in_thread: bool
+                    ) -> dict[str, Reply]:
         smtputf8, eight_bit = envelope_flags(envelope)
         if copy.sealed:
             # The copy is bound to its envelope recipients: the receiving
@@ -129,11 +166,7 @@ class OutboundHandler(BaseHandler):
                 # Signed with the envelope sender's key, else its domain's (if we hold one).
                 sender = self.address(envelope.mail_from) if envelope.mail_from else None
                 signer = self.ctx.keystore.signing_key_for(sender) if sender else None
-                if len(message) <= INLINE_SEAL_LIMIT:
-                    data = bundle.seal(message, copy.keys, eol=b"\r\n", bind=bind, signer=signer)
-                else:
-                    data = await asyncio.to_thread(bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind,
-                                                   signer=signer)
+                data = await _run(in_thread, bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind, signer=signer)
             except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
                 log.error("outbound: sealing failed: %s", type(exc).__name__)
                 return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)
