@@ -84,6 +84,10 @@ class ServerConfig:
     max_message_size: int
     state_dir: Path
     workers: int = 1  # processes sharing the listening ports (SO_REUSEPORT)
+    idle_timeout: int = 300  # seconds a client may wait between commands
+    data_timeout: int = 300  # seconds a client may go without sending a byte within DATA
+    max_connections_per_client: int = 50  # per client address and process
+    max_connections: int = 1000  # per process, all listeners together
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,20 @@ def _signer_aliases(value: list, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _timeout(section: _Section, key: str, default: str) -> int:
+    value = parse_duration(section.get(key, default, (str, int)), section.where(key))
+    if value < 1:
+        raise ConfigError(f"{section.where(key)}: must be at least one second")
+    return value
+
+
+def _count(section: _Section, key: str, default: int) -> int:
+    value = section.get(key, default, int)
+    if isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{section.where(key)}: expected a positive number, got {value!r}")
+    return value
+
+
 def find_config(explicit: str | None) -> Path | None:
     """-c, then $MAILSEAL_CONFIG, then the default locations; None if none exists."""
     if explicit:
@@ -268,6 +286,10 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         max_message_size=parse_size(sv.get("max_message_size", "50MB", (str, int)), sv.where("max_message_size")),
         state_dir=sv.path("state_dir", str(keystore.path.parent)),
         workers=sv.get("workers", 1, int),
+        idle_timeout=_timeout(sv, "idle_timeout", "5m"),
+        data_timeout=_timeout(sv, "data_timeout", "5m"),
+        max_connections_per_client=_count(sv, "max_connections_per_client", 50),
+        max_connections=_count(sv, "max_connections", 1000),
     )
     if isinstance(server.workers, bool) or not 1 <= server.workers <= 64:
         raise ConfigError(f"[server] workers: expected a number from 1 to 64, got {server.workers!r}")

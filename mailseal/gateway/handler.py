@@ -34,6 +34,7 @@ class BaseHandler:
     async def handle_EHLO(self, server, session, envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         extra = [f"250-SIZE {self.size_limit()}",
+                 "250-ENHANCEDSTATUSCODES",
                  "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE"]
         return responses[:-1] + extra + responses[-1:]
 
@@ -55,8 +56,10 @@ class BaseHandler:
         return "250 2.1.0 Ok"
 
     async def handle_exception(self, error: Exception) -> str:
-        # Never a traceback to the client, never content in the log.
-        log.error("%s: internal error: %s: %s", self.direction, type(error).__name__, error)
+        """Our own fault (bad input has its own 5xx replies): 451, so the
+        client tries again. Never a traceback to the client, and only the
+        error's type in the log: its text may quote the message."""
+        log.error("%s: internal error: %s", self.direction, type(error).__name__)
         return str(replies.INTERNAL_ERROR)
 
     @staticmethod

@@ -44,6 +44,11 @@ BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3 Bad recipient address syntax")
 EIGHT_BIT_ADDRESS = Reply(553, "5.6.7 Non-ASCII address without SMTPUTF8")
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2 Service shutting down, try again later")
+TIMEOUT = Reply(421, "4.4.2 Timeout exceeded, closing the connection")
+TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0 Too many connections from your address, try again later")
+TOO_MANY_CONNECTIONS = Reply(421, "4.3.2 Too many connections, try again later")
+VRFY_DISABLED = Reply(502, "5.5.1 VRFY command is disabled")
+STARTTLS_NOT_OFFERED = Reply(502, "5.5.1 STARTTLS not offered")
 
 # Outbound (sealing)
 POLICY_REQUIRES_KEY = "5.7.1 <{rcpt}>: policy requires encryption and no usable key is known for this recipient"

@@ -25,7 +25,7 @@ from . import instance
 from .inbound import InboundHandler
 from .outbound import OutboundHandler
 from .relay import next_hop_for
-from .smtp import make_server, reconfigure
+from .smtp import Admission, make_server, reconfigure
 
 log = logging.getLogger("mailseal.server")
 STOP_GRACE = 60.0
@@ -88,6 +88,8 @@ class Gateway:
         self.factories: list[tuple[object, object]] = []  # (handler, session factory)
         self._stopped = asyncio.Event()
         self._listen = self._listeners(cfg)
+        # One count for both listeners: the limits guard the process.
+        self.admission = Admission(cfg.server.max_connections_per_client, cfg.server.max_connections)
 
     @staticmethod
     def _listeners(cfg: config_mod.Config) -> list[tuple[str, object]]:
@@ -105,7 +107,8 @@ class Gateway:
             factory = make_server(handler, protocol=section.protocol,
                                   allowed_clients=cfg.server.allowed_clients,
                                   max_message_size=handler.size_limit(),
-                                  registry=self.ctx.sessions)
+                                  registry=self.ctx.sessions, admission=self.admission,
+                                  idle_timeout=cfg.server.idle_timeout, data_timeout=cfg.server.data_timeout)
             self.factories.append((handler, factory))
             loop = asyncio.get_running_loop()
             try:
@@ -131,8 +134,11 @@ class Gateway:
         if cfg.keystore != self.ctx.config.keystore:
             log.warning("reload: [keystore] changed; it takes effect on restart")
         self.ctx.apply(cfg)
+        self.admission.per_client = cfg.server.max_connections_per_client
+        self.admission.total = cfg.server.max_connections
         for handler, factory in self.factories:
-            reconfigure(factory, allowed_clients=cfg.server.allowed_clients, max_message_size=handler.size_limit())
+            reconfigure(factory, allowed_clients=cfg.server.allowed_clients, max_message_size=handler.size_limit(),
+                        idle_timeout=cfg.server.idle_timeout, data_timeout=cfg.server.data_timeout)
         log.info("configuration reloaded from %s", path)
         sd_notify("READY=1")
 
