@@ -249,7 +249,6 @@ class _EdgeMixin:
         except Exception:  # noqa: BLE001 - aiosmtpd would answer with the error's text
             return str(replies.INTERNAL_ERROR)
 
-    @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str | None) -> None:
         await self.push(str(replies.VRFY_DISABLED))
 
