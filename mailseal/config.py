@@ -18,6 +18,7 @@ from . import headerfilter
 
 DEFAULT_LOCATIONS = (Path("/etc/mailseal/mailseal.toml"), Path("config/mailseal.toml"))
 POLICIES = ("require", "opportunistic", "plain")
+MAX_CONNECTIONS = 100_000  # [server] max_connections and max_connections_per_client, at most
 MAX_NEXT_HOP_CONNECTIONS = 1000
 
 
@@ -228,13 +229,6 @@ def _timeout(section: _Section, key: str, default: str) -> int:
     return value
 
 
-def _count(section: _Section, key: str, default: int) -> int:
-    value = section.get(key, default, int)
-    if isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{section.where(key)}: expected a positive number, got {value!r}")
-    return value
-
-
 def find_config(explicit: str | None) -> Path | None:
     """-c, then $MAILSEAL_CONFIG, then the default locations; None if none exists."""
     if explicit:
@@ -288,8 +282,8 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         workers=sv.get("workers", 1, int),
         idle_timeout=_timeout(sv, "idle_timeout", "5m"),
         data_timeout=_timeout(sv, "data_timeout", "5m"),
-        max_connections_per_client=_count(sv, "max_connections_per_client", 50),
-        max_connections=_count(sv, "max_connections", 1000),
+        max_connections_per_client=sv.count("max_connections_per_client", 50, MAX_CONNECTIONS),
+        max_connections=sv.count("max_connections", 1000, MAX_CONNECTIONS),
     )
     if isinstance(server.workers, bool) or not 1 <= server.workers <= 64:
         raise ConfigError(f"[server] workers: expected a number from 1 to 64, got {server.workers!r}")

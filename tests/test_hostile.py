@@ -663,8 +663,9 @@ def test_limits_and_timeouts_are_settings_with_clear_errors(tmp_path):
                        ("max_connections_per_client", "many"), ("max_connections", True)):
         with pytest.raises(config_mod.ConfigError, match=rf"\[server\] {key}"):
             server(**{key: value})
-    # the unit leaves room for every connection the default allows, relayed
+    # the unit leaves room for every client connection the default allows, and both next-hop pools
     from .conftest import ROOT
 
     unit = (ROOT / "systemd" / "mailseal.service").read_text()
-    assert int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1)) >= 2 * defaults.max_connections + 100
+    descriptors = defaults.max_connections + 2 * config_mod.MAX_NEXT_HOP_CONNECTIONS + 100
+    assert int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1)) >= descriptors
