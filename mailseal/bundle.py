@@ -139,8 +139,7 @@ class Opened:
     date: int  # authenticated sealing time, Unix seconds
     serial: str  # authenticated 128-bit serial, 32 lowercase hex digits
     identity: Identity = field(repr=False)  # the local key that opened it
-    # The age header MAC, hex: what a forger who saw the serial cannot
-    # reproduce, so replay claims are keyed on it too.
+    # What replay claims are keyed on beside the serial (see replay_tag).
     tag: str = ""
     binding: Binding | None = field(default=None, repr=False)  # None: version 1, unbound
     signature: Signature | None = field(default=None, repr=False)  # None: unsigned
@@ -548,7 +547,23 @@ def decrypt_parts(parts: tuple[_Part, _Part], blob: KeyBlob, file_key: bytes, id
         raise MalformedBundle("bad ciphertext part: too short")
     chunks.append(decryptor.finish())
     signature = blob.signature(file_key, digest.digest()) if digest is not None else None
-    return Opened(chunks, date, serial, identity, blob.header.mac.hex(), binding, signature)
+    return Opened(chunks, date, serial, identity, replay_tag(blob.header, signature), binding, signature)
+
+
+def replay_tag(header: age.Header, signature: Signature | None) -> str:
+    """What a replay claim is keyed on beside the serial, hex.
+
+    Nobody who merely saw the visible serial can reproduce it, so a forged
+    bundle with that serial cannot pre-empt the real one. For a signed bundle
+    it is a hash of the signed content, which a co-recipient holding the file
+    key cannot vary (moving the sig stanza changes the header MAC, not what
+    was signed), so a re-MACed copy is still the same message: a replay. An
+    unsigned bundle has no such anchor; its header MAC serves (whoever holds
+    the file key could as well mint a new message).
+    """
+    if signature is not None:
+        return "s:" + hashlib.sha256(signature.content).hexdigest()
+    return header.mac.hex()
 
 
 def open_sealed(message: bytes, identities: Sequence[Identity], recipient: str | None = None) -> Opened:

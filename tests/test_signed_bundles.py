@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -126,3 +127,28 @@ def test_seal_sign_and_open_verify_offline(tmp_path):
     unsigned = run_cli("seal", "-r", recipient, input=msg)
     plain = run_cli("open", "-i", str(ident), "--verify", str(card), input=unsigned.stdout)
     assert plain.returncode == 0 and b"unsigned" in plain.stderr
+
+
+def test_replay_tag_holds_for_a_re_maced_copy_and_differs_for_a_serial_squatter():
+    """The replay claim's key beside the serial: a co-recipient who moves the
+    sig stanza (a new header MAC, the signature still valid) re-delivers the
+    same message, so the tag is the same; a squatter's own bundle with the
+    copied serial gets another tag, so it cannot pre-empt the real one."""
+    data = signed()
+    moved = as_co_recipient(data, lambda st, key: [st[-1], *st[:-1]])
+    original = bundle.open_sealed(data, [IDENTITY], "bob@b.test")
+    again = bundle.open_sealed(moved, [IDENTITY], "bob@b.test")
+    assert again.signature.check([KEY.public()]) == bundle.SIGNED
+    assert decoded(moved, 0) != decoded(data, 0)
+    assert (again.serial, again.tag) == (original.serial, original.tag)
+
+    draws = iter([bytes.fromhex(original.serial)])  # the serial is sealing's first draw
+
+    def rng(n: int) -> bytes:
+        return next(draws, None) or os.urandom(n)
+
+    squat = bundle.seal(b"From: x@evil.test\r\n\r\njunk\r\n", [IDENTITY.recipient()], bind=["bob@b.test"],
+                        now=original.date, rng=rng)
+    squatted = bundle.open_sealed(squat, [IDENTITY], "bob@b.test")
+    assert (squatted.serial, squatted.date) == (original.serial, original.date)
+    assert squatted.tag != original.tag
