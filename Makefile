@@ -16,7 +16,7 @@ TYPAGE_VERSION := 0.3
 # and for `make bench`: GNU time (peak memory of each measured process).
 DEBIAN_BENCH_PACKAGES := $(DEBIAN_TEST_PACKAGES) time
 
-.PHONY: run demo test bench venv test-venv debian-packages typage clean
+.PHONY: run demo test mutate bench venv test-venv debian-packages typage clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ demo: venv
 test: DEBIAN_PACKAGES = $(DEBIAN_TEST_PACKAGES)
 test: test-venv debian-packages $(TYPAGE)
 	$(PY) -m pytest -q
+
+# Mutation testing of the security-critical modules (docs/TESTING.md): long,
+# not part of `make test`. MUTATE_ARGS="--module replay" or "--sample 40 --seed 1".
+mutate: DEBIAN_PACKAGES = $(DEBIAN_TEST_PACKAGES)
+mutate: test-venv debian-packages $(TYPAGE)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 bench: DEBIAN_PACKAGES = $(DEBIAN_BENCH_PACKAGES)
 # BENCH_ARGS=--quick for a smoke run; the README's figures are full runs.
