@@ -3,6 +3,7 @@ daemons in child processes, and the CLI to give them keys."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -22,6 +23,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_closed(port: int, timeout: float = 20.0) -> None:
+    """Until nothing accepts connections on port (a listener that stopped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"port {port} still accepts connections")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
@@ -47,14 +60,22 @@ class Received:
 
 
 class SinkHandler:
-    """Stores every message; can be told to answer something else."""
+    """Stores every message; can be told to answer something else, or to
+    hold its reply to DATA (a slow next hop) until the test opens the gate."""
 
     def __init__(self) -> None:
         self.messages: list[Received] = []
         self.reply = "250 2.0.0 Ok: queued"
         self.rcpt_reply: dict[str, str] = {}
-        self.delay = 0.0
-        self.event = threading.Event()
+        # When set, DATA is answered only once the gate is open; a client
+        # that goes away meanwhile gets nothing stored (aiosmtpd cancels the
+        # handler), as with a real next hop that never sent its 250.
+        self.gate: threading.Event | None = None
+        self.data_arrived = threading.Event()  # a whole message reached DATA
+        self.abandoned = threading.Event()  # its client went away before the reply
+        # When set, each accepted message is relayed on to this port and its
+        # reply is the answer: a gate in front of another SMTP server.
+        self.forward: int | None = None
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -67,15 +88,33 @@ class SinkHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server, session, envelope):
-        if self.delay:
-            import asyncio
-
-            await asyncio.sleep(self.delay)
-        if self.reply.startswith("2"):
+        self.data_arrived.set()
+        try:
+            while self.gate is not None and not self.gate.is_set():
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.abandoned.set()
+            raise
+        reply = self.reply
+        if self.forward is not None:
+            reply = await asyncio.to_thread(_relay, self.forward, envelope)
+        if reply.startswith("2"):
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
                                           dict(getattr(session, "xforward", {})), session.ssl is not None))
-            self.event.set()
-        return self.reply
+        return reply
+
+
+def _relay(port: int, envelope) -> str:
+    import smtplib
+
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.sendmail(envelope.mail_from, envelope.rcpt_tos, envelope.content)
+    except smtplib.SMTPResponseException as exc:
+        return f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+    except (OSError, smtplib.SMTPException) as exc:
+        return f"451 4.4.1 relay to port {port} failed: {exc}"
+    return "250 2.0.0 Ok: relayed"
 
 
 class Sink:
