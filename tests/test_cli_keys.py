@@ -203,38 +203,58 @@ def test_check_config_reports_permissions_and_mistakes(tmp_path, cfg):
 
 
 def test_cli_writer_and_daemon_reader_at_once(tmp_path, cfg):
-    """A reader process looks keys up in a loop while the CLI imports and revokes."""
+    """A reader process (as the daemon) looks keys up in a loop while the CLI
+    imports and revokes: it never fails, never sees a state the writer never
+    made, never sees a revoked key come back, and ends on the final state."""
     ok(ms(cfg, "policy", "set", "@x.test", "opportunistic"))
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(cfg.parent / "state")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    state = cfg.parent / "state"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(state)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    states = {f"u{i}@x.test": [[]] for i in range(8)}  # what the writer made, in order
     try:
         for i in range(8):
-            ok(ms(cfg, "keys", "import", f"u{i}@x.test", str(age.generate().recipient())))
+            key = str(age.generate().recipient())
+            ok(ms(cfg, "keys", "import", f"u{i}@x.test", key))
             ok(ms(cfg, "keys", "revoke", f"u{i}@x.test"))
-        ok(ms(cfg, "keys", "import", "u0@x.test", str(age.generate().recipient())))  # one stays usable
-        time.sleep(0.5)
+            states[f"u{i}@x.test"] += [[key], []]
+        key = str(age.generate().recipient())
+        ok(ms(cfg, "keys", "import", "u0@x.test", key))
+        states["u0@x.test"].append([key])
     finally:
-        (cfg.parent / "state" / "stop").touch()
+        (state / "final.tmp").write_text(json.dumps({o: s[-1] for o, s in states.items()}))
+        (state / "final.tmp").rename(state / "final.json")  # whole, for the reader
         out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err.decode()
-    lookups, seen = map(int, out.split())
-    assert lookups > 100 and seen > 0
+    seen = json.loads(out)
+    assert seen["converged"], seen  # the last change reached the reader
+    for owner, history in seen["history"].items():
+        position = 0
+        for view in history:  # each view is a later (or the same) state of the writer's
+            assert view in states[owner][position:], (owner, history, states[owner])
+            position = states[owner].index(view, position)
 
 
 READER = r"""
-import sys, pathlib
+import json, sys, time, pathlib
 from mailseal.addresses import parse_address
 from mailseal.keystore import SQLiteKeyStore, MasterKeySource
 state = pathlib.Path(sys.argv[1])
 store = SQLiteKeyStore(state / "keystore.sqlite3", MasterKeySource(file=state / "master.key"), create=False)
-lookups = seen = 0
-while not (state / "stop").exists():
-    for i in range(8):
-        seen += bool(store.recipients_for(parse_address(f"u{i}@x.test")))
-        store.policy_for(parse_address(f"u{i}@x.test"))
-        lookups += 1
-print(lookups, seen)
+owners = [f"u{i}@x.test" for i in range(8)]
+history = {o: [] for o in owners}
+final, deadline = None, None
+while True:
+    views = {}
+    for owner in owners:
+        views[owner] = sorted(str(r) for r in store.recipients_for(parse_address(owner)))
+        store.policy_for(parse_address(owner))
+        if history[owner][-1:] != [views[owner]]:
+            history[owner].append(views[owner])
+    if final is None and (state / "final.json").exists():
+        final, deadline = json.loads((state / "final.json").read_text()), time.monotonic() + 10
+    if final is not None and (views == final or time.monotonic() > deadline):
+        break
+print(json.dumps({"converged": views == final, "history": history}))
 """
 
 
