@@ -3,10 +3,12 @@ processes, real capturing SMTP servers behind them (two companies, A and B)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 
@@ -16,7 +18,7 @@ from mailseal import age, bundle
 
 from .bundle_tools import decoded_parts, rebuild
 from .corpus import MESSAGES
-from .harness import Daemon, Sink, free_port, smtp_transaction
+from .harness import Daemon, Sink, free_port, smtp_transaction, wait_until_closed
 
 BOB_MESSAGE = (b"From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\nSubject: the plan\r\n"
                b"Message-ID: <plan@a.test>\r\n\r\nThe secret plan.\r\n.\r\n..two dots\r\nFrom here\r\n")
@@ -61,7 +63,7 @@ def clean(request):
             sink.messages.clear()
             sink.handler.reply = "250 2.0.0 Ok: queued"
             sink.handler.rcpt_reply.clear()
-            sink.handler.delay = 0
+            sink.handler.gate = None
     yield
 
 
@@ -353,7 +355,7 @@ def test_long_lines_and_pipelined_quit(world):
 
 def test_sigterm_finishes_the_message_in_flight(tmp_path):
     with Sink() as sink:
-        sink.handler.delay = 2.0
+        sink.handler.gate = threading.Event()  # a slow next hop: it answers DATA when the test says
         d = Daemon(tmp_path / "graceful", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
         d.start()
         result = {}
@@ -363,15 +365,17 @@ def test_sigterm_finishes_the_message_in_flight(tmp_path):
 
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(0.8)  # the message is now waiting on the slow next hop
-        d.signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(OSError):  # no new connections once stopping
-            socket.create_connection(("127.0.0.1", d.outbound_port), timeout=2).close()
+        try:
+            assert sink.handler.data_arrived.wait(30)  # the message is in flight, its 250 pending
+            d.signal(signal.SIGTERM)
+            wait_until_closed(d.outbound_port)  # no new connections once stopping...
+            assert d.proc.poll() is None  # ...while the message in flight is still being finished
+        finally:
+            sink.handler.gate.set()
         sender.join(30)
         assert result["t"].data[0] == 250
-        assert len(sink.messages) == 1
         assert d.proc.wait(30) == 0
+        assert len(sink.messages) == 1
 
 
 def test_sighup_reloads_the_configuration(tmp_path):
@@ -399,24 +403,37 @@ def test_sighup_reloads_the_configuration(tmp_path):
             d.stop()
 
 
-def test_sigkill_during_data_never_answers_250(tmp_path):
+def test_sigkill_while_relaying_never_answers_250_and_the_retry_delivers_once(tmp_path):
+    """Killed while the next hop has the message but has not answered: the
+    MTA gets no 250 (so it keeps the mail), and its retry delivers it once."""
+    message = BOB_MESSAGE.replace(b"the plan", b"killed in flight")
     with Sink() as sink:
+        sink.handler.gate = threading.Event()
         d = Daemon(tmp_path / "killed", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
         d.start()
-        s = socket.create_connection(("127.0.0.1", d.outbound_port))
-        f = _start_data(s, "x@x.test")
-        f.write(b"Subject: half\r\n\r\n" + b"z" * 100_000)
-        f.flush()
-        d.kill()
         try:
-            f.write(b"\r\n.\r\n")
-            f.flush()
-            reply = f.readline()
-        except OSError:
-            reply = b""
-        s.close()
-        assert not reply.startswith(b"250")
-        assert sink.messages == []
+            with socket.create_connection(("127.0.0.1", d.outbound_port), timeout=30) as s:
+                f = _start_data(s, "x@x.test")
+                f.write(message.replace(b"\r\n.", b"\r\n..") + b".\r\n")  # dot-stuffed
+                f.flush()
+                assert sink.handler.data_arrived.wait(30)  # relayed whole, the next hop's reply pending
+                d.kill()
+                try:
+                    reply = f.readline()
+                except OSError:
+                    reply = b""
+            assert reply == b""  # the connection died without any reply: the MTA keeps the mail
+            assert sink.handler.abandoned.wait(30)  # and the next hop never committed it
+            assert sink.messages == []
+        finally:
+            sink.handler.gate.set()
+        d.start()  # the MTA's retry, through the restarted daemon
+        try:
+            t = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], message)
+        finally:
+            assert d.stop() == 0
+        assert t.data[0] == 250
+        assert [m.data for m in sink.messages] == [message]
 
 
 def test_logs_hold_no_content_or_key_material(world):
@@ -430,37 +447,98 @@ def test_logs_hold_no_content_or_key_material(world):
     assert "message-id=<plan@a.test>" in world["a2"].log_text()
 
 
-def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path):
-    import os
+def _workers(d: Daemon) -> list[int]:
+    return [int(p) for p in open(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read().split()]
 
+
+def _listeners(port: int) -> set[int]:
+    """The pids of the processes that listen on this loopback port."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def _wait_for(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise TimeoutError(what)
+
+
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path):
     with Sink() as sink:
         d = Daemon(tmp_path / "workers", outbound={"next_hop": f"127.0.0.1:{sink.port}"},
                    server={"workers": 2})
         d.start()
         try:
-            deadline = time.time() + 10
-            workers = []
-            while len(workers) < 2 and time.time() < deadline:
-                children = f"/proc/{d.proc.pid}/task/{d.proc.pid}/children"
-                workers = [int(p) for p in open(children).read().split()]
-                time.sleep(0.1)
-            assert len(workers) == 2
+            # Both workers ready: each listens on the one port (SO_REUSEPORT).
+            _wait_for(lambda: d.log_text().count("mailseal ready (worker") == 2, "two ready workers")
+            workers = _workers(d)
+            assert len(workers) == 2 and _listeners(d.outbound_port) == set(workers)
             for i in range(20):
                 assert smtp_transaction(d.outbound_port, "a@a.test", [f"u{i}@x.test"], BOB_MESSAGE).data[0] == 250
             os.kill(workers[0], signal.SIGKILL)
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                now = [int(p) for p in open(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read().split()]
-                if len(now) == 2 and workers[0] not in now:
-                    break
-                time.sleep(0.1)
-            assert len(now) == 2 and workers[0] not in now
+            # Replaced: a new worker, ready (so a SIGTERM now stops it cleanly), on the same port.
+            _wait_for(lambda: d.log_text().count("mailseal ready (worker") == 3, "the replacement ready")
+            replaced = _listeners(d.outbound_port)
+            assert len(replaced) == 2 and workers[1] in replaced and workers[0] not in replaced
+            assert replaced == set(_workers(d))
             for i in range(10):
                 assert smtp_transaction(d.outbound_port, "a@a.test", [f"v{i}@x.test"], BOB_MESSAGE).data[0] == 250
             assert len(sink.wait(30)) == 30
         finally:
             assert d.stop() == 0
         assert "starting a new one" in d.log_text()
+
+
+def test_sigterm_while_a_worker_starts_stops_it_cleanly(tmp_path):
+    """A SIGTERM that reaches a worker still starting (here: waiting for its
+    master key, a FIFO the test writes) stops it as cleanly as a running one."""
+    d = Daemon(tmp_path / "starting", inbound={"next_hop": "127.0.0.1:9"}, server={"workers": 2})
+    d.cli("keys", "generate", "bob@b.test")
+    d.start()
+    try:
+        _wait_for(lambda: d.log_text().count("mailseal ready (worker") == 2, "two ready workers")
+        master = d.dir / "state" / "master.key"
+        key = master.read_bytes()
+        master.unlink()
+        os.mkfifo(master, 0o600)  # the next worker to start waits here for its key
+        first = _workers(d)
+        os.kill(first[0], signal.SIGKILL)
+        writer = _wait_for(lambda: _open_for_writing(master), "the replacement reading its master key")
+        [starting] = set(_workers(d)) - set(first)
+        d.signal(signal.SIGTERM)
+        _wait_for(lambda: _sigterm_reached(starting), "the SIGTERM forwarded to the starting worker")
+        try:
+            with os.fdopen(writer, "wb") as fifo:
+                fifo.write(key)
+        except BrokenPipeError:
+            pass  # the worker died of the SIGTERM: the exit status says so
+        assert d.proc.wait(30) == 0
+    finally:
+        d.kill()
+    log = d.log_text()  # the replacement started, then stopped with the others
+    assert log.count("mailseal ready (worker") == 3 and log.count("mailseal stopped") == 3, log
+
+
+def _open_for_writing(fifo) -> int | None:
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: nobody reads it yet
+        return None
+
+
+def _sigterm_reached(pid: int) -> bool:
+    """The process has SIGTERM pending (blocked), or has already ended."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except FileNotFoundError:
+        return True
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return fields["State"].startswith("Z") or bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
 @pytest.mark.parametrize("name", ["NUL_AND_CR", "HEADERS_ONLY", "NO_HEADERS", "BINARY_JUNK", "LATIN1_8BIT"])

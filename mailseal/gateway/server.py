@@ -29,6 +29,9 @@ from .smtp import Admission, make_server, reconfigure
 
 log = logging.getLogger("mailseal.server")
 STOP_GRACE = 60.0
+# Blocked in a worker from its fork until its event loop handles them, so a
+# SIGTERM that comes while it starts stops it cleanly instead of killing it.
+CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def sd_notify(state: str) -> None:
@@ -180,6 +183,7 @@ async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = N
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(gateway.stop()))
     loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(gateway.stop()))
     loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload(path))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)  # blocked since the fork (a worker)
     if ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
@@ -238,13 +242,21 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
+        # Blocked across the fork: the child never runs the supervisor's
+        # handler, and keeps a SIGTERM pending until its loop handles it
+        # (run() unblocks); the parent unblocks once the child is in
+        # `children`, where forward() finds it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
+        if stopping:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
+            return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             instance.die_with_parent(supervisor)
             os.close(read_fd)
             os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in CONTROL_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
@@ -253,15 +265,11 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
                 log.error("worker %d failed: %s", index, exc)
             finally:
                 os._exit(code)
-        children[pid] = index  # known at once: a SIGTERM from now on reaches it
+        children[pid] = index  # known before any SIGTERM is handled: forward() reaches it
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
         os.close(write_fd)
         os.read(read_fd, 1)  # the worker listens (or has died)
         os.close(read_fd)
-        if stopping:  # asked to stop while this worker was starting
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def forward(sig: int, _frame=None) -> None:
         nonlocal stopping
@@ -274,7 +282,7 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in CONTROL_SIGNALS:
         signal.signal(sig, forward)
     for index in range(cfg.server.workers):
         spawn(index)
