@@ -49,6 +49,11 @@ def test_copies_to_cc_share_bcc_alone_kinds_apart():
         assert len({k.post_quantum for k in copy.keys}) <= 1
     # every recipient is in exactly one copy
     assert sorted(r for c in copies for r in c.rcpts) == sorted(decisions)
+    # nobody decided "seal" gets a clear copy, and each sealed copy opens with each recipient's own key
+    for copy in copies:
+        for rcpt in copy.rcpts:
+            assert copy.sealed == (decisions[rcpt].action is Action.SEAL), (rcpt, copy)
+            assert set(decisions[rcpt].keys) <= set(copy.keys)
 
 
 def test_refused_recipients_cannot_be_planned():
