@@ -141,6 +141,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def tests_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("MAILSEAL_VECTORS", str(REPO.parent / "shared" / "vectors"))
+    typage = REPO / ".venv" / "node" / "node_modules" / "age-encryption" / "dist" / "index.js"
+    if typage.is_file():
+        env.setdefault("MAILSEAL_TYPAGE", str(typage))  # what `make test` installed in the repository
     if not Path(env["MAILSEAL_VECTORS"]).is_dir():
         print(f"warning: no age test vectors at {env['MAILSEAL_VECTORS']} (set MAILSEAL_VECTORS): "
               "the vector tests will not run", file=sys.stderr)
