@@ -8,6 +8,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -280,12 +281,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _quarantine(args: argparse.Namespace):
-    from .quarantine import Quarantine
+    from .quarantine import quarantine_for
 
     cfg = cli_keys.load_config(args)
     if cfg.inbound is None:
         raise UserError("no [inbound] section in the configuration: there is no quarantine")
-    return cfg, Quarantine(cfg.server.state_dir / "quarantine")
+    return cfg, quarantine_for(cfg)
+
+
+def _quarantine_list(quarantine, as_json: bool) -> int:
+    from dataclasses import asdict
+
+    entries = quarantine.list()
+    if as_json:
+        json.dump([{**asdict(e), "client_text": e.client_text} for e in entries], sys.stdout, indent=2)
+        print()
+        return 0
+    if not entries:
+        print("quarantine is empty")
+        return 0
+    rows = [["ID", "RECEIVED (UTC)", "REASON", "FROM", "TO", "SIZE", "CLIENT"]]
+    for e in entries:
+        rows.append([e.id, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.received)), e.reason,
+                     f"<{e.mail_from}>", ",".join(e.rcpts), str(e.size), e.client_text])
+    print(cli_keys.table(rows))
+    return 0
+
+
+def _quarantine_purge(quarantine, args: argparse.Namespace) -> int:
+    from .config import ConfigError, parse_duration, parse_limit, parse_size
+
+    try:
+        if args.max_age is not None:
+            quarantine.max_age = parse_limit(args.max_age, "--max-age", parse_duration)
+        if args.max_size is not None:
+            quarantine.max_size = parse_limit(args.max_size, "--max-size", parse_size)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    removed = quarantine.purge()
+    for entry, why in removed:
+        print(f"purged {entry.id} ({entry.reason}, {entry.size} bytes): {why}")
+    print(f"{len(removed)} purged, {len(quarantine.list())} kept")
+    return 0
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -294,21 +331,24 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     cfg, quarantine = _quarantine(args)
     if args.action != "release" and (args.open or args.as_is):
         raise UserError("--open and --as-is go with `quarantine release`")
+    if args.action != "list" and args.json:
+        raise UserError("--json goes with `quarantine list`")
+    if args.action != "purge" and (args.max_age is not None or args.max_size is not None):
+        raise UserError("--max-age and --max-size go with `quarantine purge`")
     try:
         if args.action == "list":
-            entries = quarantine.list()
-            if not entries:
-                print("quarantine is empty")
-            for e in entries:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.received))
-                print(f"{e.id}  {when}  {e.reason:<16} from=<{e.mail_from}> to={','.join(e.rcpts)} {e.size} bytes")
-            return 0
+            return _quarantine_list(quarantine, args.json)
+        if args.action == "purge":
+            if args.id:
+                raise UserError("quarantine purge takes no ID (`quarantine delete ID` removes one)")
+            return _quarantine_purge(quarantine, args)
         if not args.id:
             raise UserError(f"quarantine {args.action} needs an ID (see `mailseal quarantine list`)")
         if args.action == "show":
             entry, message = quarantine.get(args.id)
             sys.stdout.write(f"id: {entry.id}\nreason: {entry.reason}\nfrom: <{entry.mail_from}>\n"
-                             f"to: {', '.join(entry.rcpts)}\nclient: {entry.client}\nsize: {entry.size}\n\n")
+                             f"to: {', '.join(entry.rcpts)}\nclient: {entry.client_text}\nsize: {entry.size}\n\n")
+            sys.stdout.flush()
             sys.stdout.buffer.write(message)
             return 0
         with quarantine.held(args.id):
@@ -320,6 +360,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             return _release(cfg, quarantine, entry, message, args)
     except QuarantineError as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"quarantine {quarantine.dir}: {exc.strerror}") from None
 
 
 def _release(cfg, quarantine, entry, message: bytes, args: argparse.Namespace) -> int:
@@ -396,8 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("quarantine", help="refused inbound mail kept for review")
-    p.add_argument("action", choices=("list", "show", "release", "delete"))
+    p.add_argument("action", choices=("list", "show", "release", "delete", "purge"))
     p.add_argument("id", nargs="?", metavar="ID")
+    p.add_argument("--json", action="store_true", help="list: machine-readable output")
+    p.add_argument("--max-age", metavar="DURATION",
+                   help="purge: remove entries older than this (default: [inbound] quarantine_max_age)")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="purge: then the oldest until the rest fit (default: [inbound] quarantine_max_size)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--open", action="store_true",
                      help="release: open the sealed message again (the default for sealed mail)")

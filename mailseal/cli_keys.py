@@ -111,6 +111,9 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+table = _table  # the quarantine listing uses it too
+
+
 def _run(args: argparse.Namespace, create: bool, action):
     from .keystore import KeystoreError
 

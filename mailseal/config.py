@@ -77,6 +77,8 @@ class InboundConfig:
     strip_headers_from_clear_mail: bool = False  # the list applies to clear mail too
     # "from-domain=signer-domain": mail From the first may be signed by the second.
     signer_aliases: tuple[tuple[str, str], ...] = ()
+    quarantine_max_age: int | None = 30 * 86400  # seconds; None: no limit
+    quarantine_max_size: int | None = 10**9  # bytes, all entries together; None: no limit
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,13 @@ def parse_size(value: object, where: str) -> int:
     if not m or int(m.group(1)) == 0:
         raise ConfigError(f"{where}: expected a size such as \"50MB\", got {value!r}")
     return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+
+
+def parse_limit(value: object, where: str, parse) -> int | None:
+    """A duration or size limit; "none" (or 0) switches it off."""
+    if value in ("none", 0, "0"):
+        return None
+    return parse(value, where)
 
 
 def parse_header_patterns(value: list, where: str) -> tuple[str, ...]:
@@ -313,6 +322,10 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
                                                 ib.where("strip_headers")),
             strip_headers_from_clear_mail=ib.get("strip_headers_from_clear_mail", False, bool),
             signer_aliases=_signer_aliases(ib.get("signer_aliases", [], list), ib.where("signer_aliases")),
+            quarantine_max_age=parse_limit(ib.get("quarantine_max_age", "30d", (str, int)),
+                                           ib.where("quarantine_max_age"), parse_duration),
+            quarantine_max_size=parse_limit(ib.get("quarantine_max_size", "1GB", (str, int)),
+                                            ib.where("quarantine_max_size"), parse_size),
         )
         ib.check_unknown()
     return Config(source, keystore, server, outbound, inbound)

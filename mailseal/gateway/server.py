@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import config as config_mod
 from ..keystore import SQLiteKeyStore, open_keystore
-from ..quarantine import Quarantine
+from ..quarantine import Quarantine, quarantine_for
 from ..replay import ReplayCache, Window
 from . import instance
 from .inbound import InboundHandler
@@ -81,7 +81,7 @@ class Context:
             if self.replay_cache is None:
                 self.replay_cache = ReplayCache(cfg.server.state_dir / "replay.sqlite3", window)
             self.replay_cache.window = window
-            self.quarantine = Quarantine(cfg.server.state_dir / "quarantine")
+            self.quarantine = quarantine_for(cfg)
 
 
 class Gateway:
