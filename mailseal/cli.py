@@ -394,6 +394,32 @@ def _release(cfg, quarantine, entry, message: bytes, args: argparse.Namespace) -
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """What would happen to mail for an address, and why."""
+    from dataclasses import asdict
+
+    from . import explain
+    from .addresses import AddressError, parse_address
+    from .keystore import KeystoreError
+
+    try:
+        address = parse_address(args.address)
+    except AddressError as exc:
+        raise UserError(f"{args.address!r}: {exc}") from None
+    cfg = cli_keys.load_config(args)
+    with cli_keys.open_store(args, create=False) as store:
+        try:
+            found = explain.explain(store, address, cfg.outbound, cfg.keystore.parent_domains)
+        except KeystoreError as exc:
+            raise UserError(str(exc)) from None
+    if args.json:
+        json.dump(asdict(found), sys.stdout, indent=2)
+        print()
+    else:
+        print(explain.render(found, args.address))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailseal", description="Mail-encryption gateway built on age v1.")
     parser.add_argument("--version", action="version", version=f"mailseal {__version__}")
@@ -451,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--as-is", action="store_true",
                      help="release: deliver the message as received, even if sealed")
     p.set_defaults(func=cmd_quarantine)
+
+    p = commands.add_parser("explain", help="what would happen to mail for an address, and why")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_explain)
 
     p = commands.add_parser("check-config", help="validate the configuration and the keystore")
     p.set_defaults(func=cmd_check_config)

@@ -112,6 +112,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 table = _table  # the quarantine listing uses it too
+open_store = _store  # and `explain`
 
 
 def _run(args: argparse.Namespace, create: bool, action):

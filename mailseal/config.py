@@ -58,6 +58,8 @@ class OutboundConfig:
     protocol: str
     next_hop: NextHop
     default_policy: str
+    # "shadow": decide and log what would be sealed or refused, change nothing
+    mode: str = "enforce"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class ServerConfig:
     data_timeout: int = 300  # seconds a client may go without sending a byte within DATA
     max_connections_per_client: int = 50  # per client address and process
     max_connections: int = 1000  # per process, all listeners together
+    log_recipients: str = "full"  # or "domains", "count": what the per-message line says of recipients
+    log_format: str = "text"  # or "json": one JSON object a line
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,8 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         data_timeout=_timeout(sv, "data_timeout", "5m"),
         max_connections_per_client=sv.count("max_connections_per_client", 50, MAX_CONNECTIONS),
         max_connections=sv.count("max_connections", 1000, MAX_CONNECTIONS),
+        log_recipients=sv.choice("log_recipients", "full", ("full", "domains", "count")),
+        log_format=sv.choice("log_format", "text", ("text", "json")),
     )
     if isinstance(server.workers, bool) or not 1 <= server.workers <= 64:
         raise ConfigError(f"[server] workers: expected a number from 1 to 64, got {server.workers!r}")
@@ -306,6 +312,7 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
             protocol=ob.choice("protocol", "smtp", ("smtp", "lmtp")),
             next_hop=ob.next_hop("next_hop", "127.0.0.1:10026"),
             default_policy=ob.choice("default_policy", "opportunistic", POLICIES),
+            mode=ob.choice("mode", "enforce", ("enforce", "shadow")),
         )
         ob.check_unknown()
     if "inbound" in data:

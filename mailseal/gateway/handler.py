@@ -100,12 +100,67 @@ class BaseHandler:
             return "\r\n".join(str(outcome[r]) for r in rcpts)
         return str(combine([outcome[r] for r in rcpts]))
 
-    def log_message(self, qid: str, envelope, decision: str, outcome: dict[str, Reply], started: float,
-                    message_id: str) -> None:
-        codes = ",".join(sorted({str(r.code) for r in outcome.values()}))
-        log.info("%s %s from=<%s> message-id=%s rcpts=%d decision=%s next-hop=%s took=%.0fms", qid,
-                 self.direction, envelope.mail_from, message_id or "-", len(envelope.rcpt_tos), decision,
-                 codes or "-", (time.monotonic() - started) * 1000)
+    def log_message(self, qid: str, server, session, envelope, decision: str, outcome: dict[str, Reply],
+                    started: float, message_id: str) -> None:
+        """The message's one log line (docs/OPERATIONS.md, Logs): never content."""
+        rcpts = list(envelope.rcpt_tos)
+        if self.lmtp(server):
+            answered = ",".join(dict.fromkeys(_short(outcome[r]) for r in rcpts if r in outcome)) or "-"
+        else:
+            answered = _short(combine([outcome[r] for r in rcpts])) if outcome else "-"
+        next_hop = ",".join(sorted({str(r.code) for r in outcome.values()})) or "-"
+        queued = sorted({m.group(1) for r in outcome.values() if r.ok for m in [_QUEUED.search(r.text)] if m})
+        fields = {"id": qid, "direction": self.direction,
+                  "queue_id": getattr(session, "xforward", {}).get("IDENT") or None,
+                  "from": envelope.mail_from, "message_id": message_id or None, "rcpts": len(rcpts),
+                  **recipients_field(rcpts, self.ctx.config.server.log_recipients),
+                  "decision": decision, "reply": answered, "next_hop": next_hop,
+                  "next_queue_id": ",".join(queued) or None, "took_ms": round((time.monotonic() - started) * 1000)}
+        log.info(format_fields(fields), extra={"fields": fields})
+
+    def log_rcpt_refused(self, address: str | None, reason: str, reply: Reply | str) -> None:
+        """A recipient refused at RCPT; `address` None when it must not be repeated (bad syntax)."""
+        text = reply if isinstance(reply, str) else str(reply)
+        fields = {"event": "rcpt-refused", "direction": self.direction,
+                  **(recipients_field([address], self.ctx.config.server.log_recipients) if address else {}),
+                  "reason": reason,
+                  "reply": " ".join(text.split()[:2])}
+        log.info(format_fields(fields), extra={"fields": fields})
+
+
+def recipients_field(rcpts: Sequence[str], how: str) -> dict:
+    """[server] log_recipients: "full" (the addresses), "domains" (their
+    domains, each once), "count" (only the count, logged anyway)."""
+    if how == "full":
+        return {"to": list(rcpts)}
+    if how == "domains":
+        return {"to_domains": sorted({r.rpartition("@")[2].lower() for r in rcpts})}
+    return {}
+
+
+_QUEUED = re.compile(r"queued as ([0-9A-Za-z]{4,40})")
+
+
+def _short(reply: Reply) -> str:
+    """`250 2.0.0`: the code and enhanced status, not the text (it may quote content)."""
+    status = reply.text.split(None, 1)[0] if reply.text else ""
+    return f"{reply.code} {status}" if re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status) else str(reply.code)
+
+
+def format_fields(fields: dict) -> str:
+    """key=value pairs for the text log; values with spaces quoted, empty ones left out."""
+    out = []
+    for key, value in fields.items():
+        if value is None or (key in ("id", "direction") and "event" not in fields):
+            continue
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        if key == "from" or key == "to":
+            text = ",".join(f"<{v}>" for v in value) if key == "to" else f"<{text}>"
+        elif " " in text or not text:
+            text = '"' + text.replace('"', "'") + '"'
+        out.append(f"{key.replace('_', '-')}={text}")
+    prefix = "".join(f"{fields[k]} " for k in ("id", "direction") if k in fields and "event" not in fields)
+    return prefix + " ".join(out)
 
 
 def combine(outcomes: Sequence[Reply]) -> Reply:

@@ -80,8 +80,10 @@ class InboundHandler(BaseHandler):
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
         refusal = self.address_refusal(envelope, address, sender=False)
         if refusal is not None:
+            self.log_rcpt_refused(None, "bad-address", refusal)
             return str(refusal)
         if self.address(address) is None:
+            self.log_rcpt_refused(None, "bad-address", replies.BAD_ADDRESS)
             return str(replies.BAD_ADDRESS)
         return self.accept(envelope, address, rcpt_options)
 
@@ -109,7 +111,7 @@ class InboundHandler(BaseHandler):
             data = strip_mailseal_headers(message, headerfilter.for_clear_mail(
                 inbound.strip_headers, inbound.strip_headers_from_clear_mail))
             outcome = await self._deliver(envelope, session, rcpts, data, smtputf8, eight_bit)
-            self.log_message(qid, envelope, "clear", outcome, started, mid)
+            self.log_message(qid, server, session, envelope, "clear", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
         except bundle.MalformedBundle:
             parts = None
@@ -124,7 +126,7 @@ class InboundHandler(BaseHandler):
             verdict = self._verdict(envelope, opened)
         except Refusal as refusal:
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
-            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
+            self.log_message(qid, server, session, envelope, f"refused:{refusal.reason}", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
         except KeystoreError as exc:
             log.error("%s inbound: keystore: %s", qid, exc)
@@ -146,7 +148,7 @@ class InboundHandler(BaseHandler):
             refusals = list(refused.values())
             refusal = next((r for r in refusals if r.reply.temporary), refusals[0])
             outcome = self._refuse(envelope, session, rcpts, message, refusal)
-            self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
+            self.log_message(qid, server, session, envelope, f"refused:{refusal.reason}", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
         for rcpt, refusal in refused.items():
             outcome.update(self._refuse(envelope, session, [rcpt], message, refusal))
@@ -169,7 +171,7 @@ class InboundHandler(BaseHandler):
                 if not reply.ok:  # so the MTA's retry is not taken for a replay
                     self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
             outcome.update(delivered)
-        self.log_message(qid, envelope, "opened", outcome, started, mid)
+        self.log_message(qid, server, session, envelope, "opened", outcome, started, mid)
         return self.finish(server, rcpts, outcome)
 
     def _admit(self, sender: str | None, verdict: authenticity.Verdict | None) -> None:

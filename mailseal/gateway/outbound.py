@@ -18,7 +18,7 @@ import asyncio
 import time
 from email.utils import getaddresses
 
-from .. import bundle, encrypted, headerfilter, mime, policy
+from .. import bundle, encrypted, explain, headerfilter, mime, policy
 from ..keystore import KeystoreError
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -81,13 +81,16 @@ def header_recipients(message: bytes) -> set[str]:
 def plan(todo: dict[str, policy.Decision], message: bytes) -> tuple[list[policy.Copy], str, bytes]:
     """The copies to send, their summary for the log line, and the message
     sealed copies carry (without Bcc): all of it read from the header."""
-    sealing = [r for r, d in todo.items() if d.action is policy.Action.SEAL]
+    # Only shadow mode lets a refused recipient this far: "refuse" in the summary.
+    refused = any(d.action is policy.Action.REFUSE for d in todo.values())
+    planned = {r: d for r, d in todo.items() if d.action is not policy.Action.REFUSE}
+    sealing = [r for r, d in planned.items() if d.action is policy.Action.SEAL]
     # Who the headers name only matters when several are sealed; envelope
     # and header spellings are compared canonically.
     owners = header_recipients(message) if len(sealing) > 1 else set()
     named = [r for r in sealing if BaseHandler.address(r).owner in owners]
-    copies = policy.plan_copies(todo, named)
-    kinds = {c.kind for c in copies}
+    copies = policy.plan_copies(planned, named)
+    kinds = {c.kind for c in copies} | ({"refuse"} if refused else set())
     if "clear" in kinds:
         found = encrypted.verify(message)
         kinds = kinds - {"clear"} | {f"clear-{found}" if found else "clear"}
@@ -99,26 +102,34 @@ class OutboundHandler(BaseHandler):
     direction = "outbound"
 
     def decide(self, address) -> policy.Decision:
-        store = self.ctx.keystore
-        found = store.policy_for(address)
-        chosen = found[1] if found else self.ctx.config.outbound.default_policy
-        keys = store.recipients_for(address) if chosen != policy.PLAIN else []
-        return policy.decide(chosen, keys)
+        return explain.outbound_decision(self.ctx.keystore, address, self.ctx.config.outbound.default_policy)[0]
+
+    @property
+    def shadow(self) -> bool:
+        """[outbound] mode = "shadow": decide and log, change nothing."""
+        return self.ctx.config.outbound.mode == explain.SHADOW
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
         refusal = self.address_refusal(envelope, address, sender=False)
         if refusal is not None:
+            self.log_rcpt_refused(None, "bad-address", refusal)
             return str(refusal)
         parsed = self.address(address)
         if parsed is None:
+            self.log_rcpt_refused(None, "bad-address", replies.BAD_ADDRESS)
             return str(replies.BAD_ADDRESS)
         try:
             decision = self.decide(parsed)
         except KeystoreError as exc:
             log.error("outbound: keystore: %s", exc)
+            self.log_rcpt_refused(address, "keystore-unavailable", replies.KEYSTORE_UNAVAILABLE)
             return str(replies.KEYSTORE_UNAVAILABLE)
         if decision.action is policy.Action.REFUSE:
-            return f"550 {replies.POLICY_REQUIRES_KEY.format(rcpt=address)}"
+            if not self.shadow:
+                reply = f"550 {replies.POLICY_REQUIRES_KEY.format(rcpt=address)}"
+                self.log_rcpt_refused(address, "policy-require", reply)
+                return reply
+            log.info("outbound shadow: would refuse a recipient at RCPT (%s)", decision.reason)
         if not hasattr(envelope, "decisions"):
             envelope.decisions = {}
         envelope.decisions[address] = decision
@@ -138,7 +149,7 @@ class OutboundHandler(BaseHandler):
             current = {}
         # A decision that changed since RCPT (a key revoked, a policy set)
         # is not acted on: 451, and the retry decides again at RCPT.
-        changed = [r for r in current if current[r] != envelope.decisions.get(r)]
+        changed = [r for r in current if current[r] != envelope.decisions.get(r)] if not self.shadow else []
         if changed and not self.lmtp(server):
             outcome = dict.fromkeys(rcpts, replies.DECISION_CHANGED)
         for r in changed:
@@ -148,11 +159,15 @@ class OutboundHandler(BaseHandler):
         if todo:
             in_thread = off_loop(message)
             copies, summary, hidden = await _run(in_thread, plan, todo, message)
+            if self.shadow:
+                # What would have happened is logged; the mail goes as it came.
+                summary = "shadow:" + summary
+                copies = [policy.Copy(tuple(todo), sealed=False)]
             results = await asyncio.gather(*(self._send(c, envelope, session, hidden if c.sealed else message,
                                                         in_thread) for c in copies))
             for result in results:
                 outcome.update(result)
-        self.log_message(qid, envelope, summary, outcome, started, message_id(message))
+        self.log_message(qid, server, session, envelope, summary, outcome, started, message_id(message))
         return self.finish(server, rcpts, outcome)
 
     async def _send(self, copy: policy.Copy, envelope, session, message: bytes, in_thread: bool

@@ -120,6 +120,9 @@ class Gateway:
             except OSError as exc:
                 raise config_mod.ConfigError(f"[{name}] listen = {section.listen}: {exc.strerror}") from None
             self.servers.append(server)
+            if name == "outbound" and section.mode == "shadow":
+                log.warning("outbound listener in shadow mode: nothing is sealed or refused, mail passes "
+                            "unchanged; decisions are only logged")
             log.info("%s listener (%s) on %s, next hop %s", name, section.protocol.upper(), section.listen,
                      self.ctx.outbound_next_hop if name == "outbound" else self.ctx.inbound_next_hop)
 
@@ -206,6 +209,7 @@ def serve(path: Path) -> int:
     held, by the workers too, until the last of them exits.
     """
     cfg = _load(path)
+    setup_logging(cfg.server.log_format)
     summary = _keystore_summary(cfg)  # a missing keystore stops the start before anything is made
     locks = instance.lock_listeners(cfg.server.state_dir, [section.listen for _, section in Gateway._listeners(cfg)])
     try:
@@ -310,7 +314,32 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
     return status
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line; a message line carries its fields as keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                       + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name}
+        fields = getattr(record, "fields", None)
+        if fields:
+            out.update(fields)
+        else:
+            out["message"] = record.getMessage()
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(log_format: str = "text") -> None:
+    """Text (with a timestamp unless journald adds its own) or JSON lines on stderr."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     # aiosmtpd logs every command line at INFO: too chatty for a mail path.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
