@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import policy
 from .addresses import Address, lookup_order
+from .keystore.records import ENCRYPTION_KINDS
 
 SHADOW, ENFORCE = "shadow", "enforce"
 
@@ -64,7 +65,8 @@ def explain(store, address: Address, outbound_config, parent_domains: bool = Fal
             now: float | None = None) -> Explanation:
     now = time.time() if now is None else now
     order = lookup_order(address, parent_domains)
-    records = [r for owner in order for r in store.find(owner)]
+    # Encryption keys only: signing keys (sender authenticity) neither seal nor open.
+    records = [r for owner in order for r in store.find(owner) if r.kind in ENCRYPTION_KINDS]
     default = outbound_config.default_policy if outbound_config is not None else policy.OPPORTUNISTIC
     decision, found = outbound_decision(store, address, default)
     if found:

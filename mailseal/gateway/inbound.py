@@ -102,7 +102,7 @@ class InboundHandler(BaseHandler):
                 self._admit(authenticity.from_address(message), None)
             except Refusal as refusal:
                 outcome = self._refuse(envelope, session, rcpts, message, refusal)
-                self.log_message(qid, envelope, f"refused:{refusal.reason}", outcome, started, mid)
+                self.log_message(qid, server, session, envelope, f"refused:{refusal.reason}", outcome, started, mid)
                 return self.finish(server, rcpts, outcome)
             except KeystoreError as exc:
                 log.error("%s inbound: keystore: %s", qid, exc)
