@@ -113,10 +113,15 @@ class BaseHandler:
         fields = {"id": qid, "direction": self.direction,
                   "queue_id": getattr(session, "xforward", {}).get("IDENT") or None,
                   "from": envelope.mail_from, "message_id": message_id or None, "rcpts": len(rcpts),
-                  **recipients_field(rcpts, self.ctx.config.server.log_recipients),
+                  **recipients_field([self._canonical(r) for r in rcpts], self.ctx.config.server.log_recipients),
                   "decision": decision, "reply": answered, "next_hop": next_hop,
                   "next_queue_id": ",".join(queued) or None, "took_ms": round((time.monotonic() - started) * 1000)}
         log.info(format_fields(fields), extra={"fields": fields})
+
+    def _canonical(self, rcpt: str) -> str:
+        # Logged in canonical form (IDNA domain): greppable, and no raw bytes of the client's.
+        parsed = self.address(rcpt)
+        return parsed.owner if parsed is not None else "invalid"
 
     def log_rcpt_refused(self, address: str | None, reason: str, reply: Reply | str) -> None:
         """A recipient refused at RCPT; `address` None when it must not be repeated (bad syntax)."""

@@ -122,12 +122,13 @@ class OutboundHandler(BaseHandler):
             decision = self.decide(parsed)
         except KeystoreError as exc:
             log.error("outbound: keystore: %s", exc)
-            self.log_rcpt_refused(address, "keystore-unavailable", replies.KEYSTORE_UNAVAILABLE)
+            self.log_rcpt_refused(parsed.owner, "keystore-unavailable", replies.KEYSTORE_UNAVAILABLE)
             return str(replies.KEYSTORE_UNAVAILABLE)
         if decision.action is policy.Action.REFUSE:
             if not self.shadow:
                 reply = f"550 {replies.POLICY_REQUIRES_KEY.format(rcpt=address)}"
-                self.log_rcpt_refused(address, "policy-require", reply)
+                # Logged in canonical form (IDNA): no raw bytes of the client's.
+                self.log_rcpt_refused(parsed.owner, "policy-require", reply)
                 return reply
             log.info("outbound shadow: would refuse a recipient at RCPT (%s)", decision.reason)
         if not hasattr(envelope, "decisions"):
