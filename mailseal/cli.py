@@ -220,46 +220,23 @@ def _verify(args: argparse.Namespace, opened: bundle.Opened):
 
 # --- check-config --------------------------------------------------------------
 
-def _private_file_problem(path, what: str) -> str | None:
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"{what} {path}: cannot stat: {exc.strerror}"
-    if mode & 0o077:
-        return f"{what} {path} is readable or writable by others (mode {mode & 0o777:o}); chmod 600 it"
-    return None
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the configuration and what it points at; list every problem."""
-    from .keystore import KeystoreError, open_keystore
+    from pathlib import Path
 
-    cfg = cli_keys.load_config(args)
-    problems = []
-    ks = cfg.keystore
-    for path, what in ((ks.path, "keystore"), (ks.master_key_file, "master key")):
-        if path is not None:
-            problem = _private_file_problem(path, what)
-            if problem:
-                problems.append(problem)
-    if ks.path.exists():
-        try:
-            with open_keystore(ks, create=False) as store:
-                store.master()
-        except KeystoreError as exc:
-            problems.append(str(exc))
-    else:
-        problems.append(f"keystore {ks.path} does not exist (check [keystore] path; `mailseal keys init` "
-                        "creates it; `serve` never does)")
-    if cfg.outbound is None and cfg.inbound is None:
-        problems.append("no [outbound] or [inbound] section: `mailseal serve` would have nothing to run")
-    for problem in problems:
-        print(f"{cfg.source}: {problem}", file=sys.stderr)
-    if problems:
+    from .checkconfig import check
+
+    path = cli_keys.config_path(args)
+    postfix_dir = args.postfix_config or os.environ.get("MAILSEAL_POSTFIX_CONFIG") or None
+    report = check(path, postfix_dir=Path(postfix_dir) if postfix_dir else None,
+                   postfix_asked=postfix_dir is not None)
+    for note in report.notes:
+        print(f"note: {note}")
+    for finding in report.findings:
+        print(f"{path}: {'warning: ' if finding.warning else ''}{finding.text}", file=sys.stderr)
+    if any(not f.warning or not args.startup for f in report.findings):
         return EXIT_USAGE
-    print(f"{cfg.source}: configuration OK")
+    print(f"{path}: configuration OK" + (" (keys about to expire: see above)" if report.findings else ""))
     return 0
 
 
@@ -484,10 +461,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = commands.add_parser("check-config", help="validate the configuration and the keystore")
+    p.add_argument("--postfix-config", metavar="DIR",
+                   help="Postfix configuration directory to compare sizes with (default: "
+                        "$MAILSEAL_POSTFIX_CONFIG, else postconf's own)")
+    p.add_argument("--startup", action="store_true",
+                   help="keys about to expire are reported but do not fail (the systemd unit's ExecStartPre)")
     p.set_defaults(func=cmd_check_config)
 
     cli_keys.add_commands(commands)
+    _config_option_everywhere(parser)
     return parser
+
+
+OFFLINE_COMMANDS = ("keygen", "seal", "open")  # no configuration: no -c
+
+
+def _config_option_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`-c CONFIG` after the subcommand too (`mailseal keys list -c FILE`).
+
+    SUPPRESS as default: a subcommand's -c sets args.config only when given,
+    so one given before the subcommand is kept."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if name in OFFLINE_COMMANDS:
+                    continue
+                if not any("-c" in a.option_strings for a in sub._actions):
+                    sub.add_argument("-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS,
+                                     help="configuration file (as before the subcommand)")
+                _config_option_everywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

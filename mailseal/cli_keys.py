@@ -90,16 +90,26 @@ def _target(text: str) -> str:
 def _expires(text: str | None) -> int | None:
     if text is None or text == "never":
         return None
+    now = int(time.time())
     try:
-        return int(time.time()) + config_mod.parse_duration(text, "--expires")
+        when = now + config_mod.parse_duration(text, "--expires")
     except config_mod.ConfigError:
-        pass
-    try:
-        import calendar
+        try:
+            import calendar
 
-        return calendar.timegm(time.strptime(text, "%Y-%m-%d"))
-    except ValueError:
-        raise UserError(f"--expires: expected a duration (365d) or a date (2027-12-31), got {text!r}") from None
+            when = calendar.timegm(time.strptime(text, "%Y-%m-%d"))
+        except ValueError:
+            raise UserError(f"--expires: expected a duration (365d) or a date (2027-12-31), got {text!r}") from None
+    if when <= now:  # a key born expired would never be used, silently
+        raise UserError(f"--expires: {text} is not in the future")
+    return when
+
+
+def _warn_expiry(args: argparse.Namespace, records: list[KeyRecord]) -> None:
+    from .keystore.expiry import warnings
+
+    for line in warnings(records, time.time(), load_config(args).keystore.expiry_warning):
+        print(f"mailseal: warning: {line}", file=sys.stderr)
 
 
 def _when(ts: int | None) -> str:
@@ -227,13 +237,33 @@ def _as_rows(records: list[KeyRecord]) -> list[list[str]]:
     return rows
 
 
+def _listed(args: argparse.Namespace, records: list[KeyRecord]) -> list[KeyRecord]:
+    """`keys list ADDRESS`: the keys that serve the address (lookup order);
+    `keys list @DOMAIN`: the domain's keys and those of its addresses."""
+    from .addresses import AddressError, lookup_order, parse_address
+
+    if not args.owner:
+        return records
+    owner = _owner(args.owner)
+    if owner.startswith("@"):
+        return [r for r in records if r.owner == owner or r.owner.endswith(owner)]
+    try:
+        owners = lookup_order(parse_address(args.owner), load_config(args).keystore.parent_domains)
+    except AddressError as exc:
+        raise UserError(str(exc)) from None
+    return [r for r in records if r.owner in owners]
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    records = _run(args, False, lambda s: s.list_keys())
+    records = _listed(args, _run(args, False, lambda s: s.list_keys()))
+    _warn_expiry(args, records)
     if args.json:
         json.dump([r.as_dict() for r in records], sys.stdout, indent=2)
         print()
     elif records:
         print(_table(_as_rows(records)))
+    elif args.owner:
+        print(f"no keys for {args.owner}")
     else:
         print("no keys (add some with `mailseal keys generate` or `mailseal keys import`)")
     return 0
@@ -256,9 +286,57 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ambiguous(records: list[KeyRecord]) -> bool:
+    """Several keys of one family (a new and a retired one, two imported
+    ones): which to revoke is the administrator's choice. An identity's
+    encryption key and the signing key beside it are one choice."""
+    from collections import Counter
+
+    from .keystore.records import family
+
+    return any(n > 1 for n in Counter(family(r.kind) for r in records).values())
+
+
+def _choose(target: str, records: list[KeyRecord]) -> list[str]:
+    """Ask on a terminal which keys to revoke; their fingerprints."""
+    now = time.time()
+    listing = ", ".join(f"{r.fingerprint} ({r.kind}, {r.status(now)})" for r in records)
+    if not sys.stdin.isatty():
+        raise UserError(f"{target} has {len(records)} unrevoked keys: {listing}; name one by fingerprint, "
+                        "or revoke them all with --all")
+    print(f"{target} has {len(records)} unrevoked keys:")
+    for number, r in enumerate(records, 1):
+        print(f"  {number}  {r.fingerprint}  {r.scope} {r.kind}  {r.status(now)}  created {_when(r.created)}")
+    answer = input("revoke which (numbers or fingerprints, separated by spaces; 'all'; empty: none)? ").split()
+    if answer == ["all"]:
+        return [r.fingerprint for r in records]
+    chosen = []
+    for word in answer:
+        if word.isdigit() and 1 <= int(word) <= len(records):
+            chosen.append(records[int(word) - 1].fingerprint)
+        elif any(r.fingerprint == word.upper() for r in records):
+            chosen.append(word.upper())
+        else:
+            raise UserError(f"{word!r} is none of the keys listed; nothing revoked")
+    if not chosen:
+        raise UserError("nothing revoked")
+    return chosen
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
+    from .keystore.fingerprint import looks_like_fingerprint
+
     target = _target(args.target)
-    records = _run(args, False, lambda s: s.revoke(target, args.reason or ""))
+
+    def revoke(store):
+        if looks_like_fingerprint(target) and "@" not in target:
+            return store.revoke(target, args.reason or "")
+        candidates = [r for r in store.find(target) if r.revoked is None]
+        if args.all or not _ambiguous(candidates):
+            return store.revoke(target, args.reason or "")
+        return store.revoke(target, args.reason or "", fingerprints=_choose(target, candidates))
+
+    records = _run(args, False, revoke)
     for r in records:
         print(f"revoked {r.scope} key {r.fingerprint} of {r.owner}")
     return 0
@@ -378,6 +456,8 @@ def add_commands(commands) -> None:
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
     p.set_defaults(func=cmd_export)
     p = keys.add_parser("list", help="every key, as a table")
+    p.add_argument("owner", nargs="?", metavar="ADDRESS|@DOMAIN",
+                   help="only the keys that serve this address, or the domain's keys and its addresses'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
     p = keys.add_parser("show", help="details of keys")
@@ -386,6 +466,8 @@ def add_commands(commands) -> None:
     p = keys.add_parser("revoke", help="never seal to a key again")
     p.add_argument("target", metavar="ADDRESS|@DOMAIN|FINGERPRINT")
     p.add_argument("--reason", help="why, for the audit log")
+    p.add_argument("--all", action="store_true",
+                   help="every unrevoked key of the owner, even when it has several of a kind (new and retired)")
     p.set_defaults(func=cmd_revoke)
     p = keys.add_parser("rotate", help="new local identity; the old one keeps opening mail")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")

@@ -7,6 +7,7 @@ directory of the config file.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -32,6 +33,9 @@ class KeystoreConfig:
     master_key_file: Path | None
     passphrase_env: str | None  # derive the master key from this variable (Argon2id)
     parent_domains: bool = False
+    # keys list, check-config and the daemon's daily log line warn this long
+    # before a key in use expires
+    expiry_warning: int = 14 * 86400
 
 
 @dataclass(frozen=True)
@@ -275,9 +279,10 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         master_key_file=ks.path("master_key_file", None),
         passphrase_env=ks.get("passphrase_env"),
         parent_domains=ks.get("parent_domains", False, bool),
+        expiry_warning=parse_duration(ks.get("expiry_warning", "14d", (str, int)), ks.where("expiry_warning")),
     )
     if keystore.master_key_file is None and keystore.passphrase_env is None:
-        keystore = KeystoreConfig(keystore.path, keystore.path.parent / "master.key", None, keystore.parent_domains)
+        keystore = dataclasses.replace(keystore, master_key_file=keystore.path.parent / "master.key")
     if keystore.master_key_file is not None and keystore.passphrase_env is not None:
         raise ConfigError("[keystore]: set master_key_file or passphrase_env, not both")
     ks.check_unknown()

@@ -153,6 +153,8 @@ def test_config_refuses_bad_patterns_with_where_and_why(value, fragment):
 
 def test_check_config_reports_a_bad_pattern_in_one_line(tmp_path):
     path = tmp_path / "mailseal.toml"
+    path.write_text('[keystore]\npath = "ks.sqlite3"\n')
+    assert run_cli("-c", str(path), "keys", "init").returncode == 0
     path.write_text('[keystore]\npath = "ks.sqlite3"\n\n[inbound]\nstrip_headers = ["X Spam"]\n')
     result = run_cli("-c", str(path), "check-config")
     assert result.returncode == 2 and b"Traceback" not in result.stderr

@@ -193,12 +193,30 @@ async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = N
     else:
         sd_notify("READY=1")
     log.info("mailseal ready%s", f" (worker {worker})" if worker is not None else "")
+    # One process says it, not each worker.
+    expiry = asyncio.ensure_future(warn_expiring_keys(gateway.ctx)) if worker in (None, 0) else None
     await gateway.wait()
+    if expiry is not None:
+        expiry.cancel()
     gateway.ctx.keystore.close()
     if gateway.ctx.replay_cache is not None:
         gateway.ctx.replay_cache.close()
     log.info("mailseal stopped")
     return 0
+
+
+async def warn_expiring_keys(ctx: Context, interval: float = 86400) -> None:
+    """At start, then daily: a warning per key in use that expires soon (or has)."""
+    from ..keystore import KeystoreError
+    from ..keystore.expiry import warnings
+
+    while True:
+        try:
+            for line in warnings(ctx.keystore.list_keys(), time.time(), ctx.config.keystore.expiry_warning):
+                log.warning("key expiry: %s", line)
+        except KeystoreError as exc:
+            log.error("key expiry check failed: %s", exc)
+        await asyncio.sleep(interval)
 
 
 def serve(path: Path) -> int:

@@ -538,14 +538,16 @@ class SQLiteKeyStore:
             raise NotFound(f"no active local key for {owner} (see `mailseal keys generate`)")
         return records
 
-    def revoke(self, target: str, reason: str = "") -> list[KeyRecord]:
-        """Revoke one key (by fingerprint) or every unrevoked key of an owner.
+    def revoke(self, target: str, reason: str = "", fingerprints=None) -> list[KeyRecord]:
+        """Revoke one key (by fingerprint) or every unrevoked key of an owner
+        (only those with the given fingerprints, if any are given).
 
         A revoked remote key is never sealed to again. A revoked local key is
         no longer exported, but still opens mail already sealed to it.
         """
         with self._write():
-            records = [r for r in self.find(target) if r.revoked is None]
+            records = [r for r in self.find(target) if r.revoked is None
+                       and (fingerprints is None or r.fingerprint in fingerprints)]
             if not records:
                 raise NotFound(f"no unrevoked key matches {target}")
             now = int(self._clock())
