@@ -104,9 +104,12 @@ def _gone(pid: int) -> bool:
 
 def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
     d = Daemon(tmp_path / "gw", outbound={"next_hop": "127.0.0.1:9"}, server={"workers": 2})
-    d.start()
+    d.start()  # returns once the first worker listens
+    deadline = time.monotonic() + 30
+    while "ready with 2 workers" not in d.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     workers = _children(d.proc.pid)
-    assert len(workers) == 2
+    assert len(workers) == 2, d.log_text()
     try:
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
