@@ -220,6 +220,7 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+            self._log_handle.close()  # start() opens it again
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -233,6 +234,20 @@ def _toml(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def start_data(sock: socket.socket, rcpt: str, mail_from: str = "a@a.test"):
+    """A raw session up to the 354, with MAIL, RCPT and DATA pipelined."""
+    f = sock.makefile("rwb")
+    f.readline()
+    f.write(b"EHLO c.test\r\n")
+    f.flush()
+    while not f.readline().startswith(b"250 "):
+        pass
+    f.write(f"MAIL FROM:<{mail_from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+    f.flush()
+    assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    return f
 
 
 @dataclass

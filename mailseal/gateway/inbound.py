@@ -55,6 +55,16 @@ def delivered_pieces(chunks: list[bytes], trace: str, strip: headerfilter.Header
     return [TRACE_HEADER + b": " + trace.encode() + b"\r\n", *strip.chunks(chunks)]
 
 
+REPLAY_REFUSALS = {
+    replay.Replayed: (replies.REPLAYED, "replayed"),
+    replay.TooOld: (replies.TOO_OLD, "too-old"),
+    replay.FromTheFuture: (replies.FROM_THE_FUTURE, "from-the-future"),
+    replay.InFlight: (replies.REPLAY_IN_FLIGHT, "in-flight"),
+    replay.ClockWentBack: (replies.CLOCK_WENT_BACK, "clock-went-back"),
+    replay.CacheUnavailable: (replies.REPLAY_CACHE_DOWN, "replay-cache-unavailable"),
+}
+
+
 class Refusal(Exception):
     def __init__(self, reply: Reply, reason: str) -> None:
         super().__init__(reason)
@@ -132,45 +142,47 @@ class InboundHandler(BaseHandler):
             log.error("%s inbound: keystore: %s", qid, exc)
             return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
 
-        claimed, refused = await self._claim([r for r in rcpts if r not in unentitled], opened)
+        claims, refused = await self._claim([r for r in rcpts if r not in unentitled], opened)
         refused = {**unentitled, **refused}
-        if not refused:
-            # The sealed form is no longer needed: let a large one go before
-            # the opened copy is delivered (peak memory).
-            parts = message = None
-            envelope.content = envelope.original_content = None
-        if refused and not self.lmtp(server):
-            # One SMTP reply for all: a refusal for one recipient refuses the
-            # lot. A temporary one (cache down) wins, so the MTA retries and
-            # nothing is refused for good on a passing fault.
-            for rcpt in claimed:
-                self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
-            refusals = list(refused.values())
-            refusal = next((r for r in refusals if r.reply.temporary), refusals[0])
-            outcome = self._refuse(envelope, session, rcpts, message, refusal)
-            self.log_message(qid, server, session, envelope, f"refused:{refusal.reason}", outcome, started, mid)
-            return self.finish(server, rcpts, outcome)
-        for rcpt, refusal in refused.items():
-            outcome.update(self._refuse(envelope, session, [rcpt], message, refusal))
-        if claimed:
-            trace = (f"opened; {verdict.status}; serial={opened.serial}; sealed={opened.date}; "
-                     f"key={fingerprint(str(opened.identity.recipient()))}")
-            pieces = delivered_pieces(opened.chunks, trace,
-                                      headerfilter.for_opened_mail(self.ctx.config.inbound.strip_headers))
-            # Declared 8BITMIME whatever the content: harmless for 7-bit
-            # mail, and no pass over a large message to find out.
-            try:
+        try:
+            if not refused:
+                # The sealed form is no longer needed: let a large one go before
+                # the opened copy is delivered (peak memory).
+                parts = message = None
+                envelope.content = envelope.original_content = None
+            if refused and not self.lmtp(server):
+                # One SMTP reply for all: a refusal for one recipient refuses the
+                # lot. A temporary one (cache down) wins, so the MTA retries and
+                # nothing is refused for good on a passing fault.
+                self.ctx.replay_cache.release(list(set(claims.values())))
+                refusals = list(refused.values())
+                refusal = next((r for r in refusals if r.reply.temporary), refusals[0])
+                outcome = self._refuse(envelope, session, rcpts, message, refusal)
+                self.log_message(qid, server, session, envelope, f"refused:{refusal.reason}", outcome, started, mid)
+                return self.finish(server, rcpts, outcome)
+            for rcpt, refusal in refused.items():
+                outcome.update(self._refuse(envelope, session, [rcpt], message, refusal))
+            if claims:
+                trace = (f"opened; {verdict.status}; serial={opened.serial}; sealed={opened.date}; "
+                         f"key={fingerprint(str(opened.identity.recipient()))}")
+                pieces = delivered_pieces(opened.chunks, trace,
+                                          headerfilter.for_opened_mail(self.ctx.config.inbound.strip_headers))
+                # Declared 8BITMIME whatever the content: harmless for 7-bit
+                # mail, and no pass over a large message to find out.
+                claimed = [r for r in rcpts if r in claims]
                 delivered = await self._deliver(envelope, session, claimed, pieces, smtputf8, True)
-            except BaseException:
-                # An unexpected failure answers 451: the retry must not meet
-                # its own claim and be refused as a replay.
-                for rcpt in claimed:
-                    self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
-                raise
-            for rcpt, reply in delivered.items():
-                if not reply.ok:  # so the MTA's retry is not taken for a replay
-                    self.ctx.replay_cache.release(self._owner(rcpt), opened.serial)
-            outcome.update(delivered)
+                # A mailbox's claim holds once every recipient naming it was
+                # accepted; otherwise it is released, so the retry is not a "replay".
+                failed = {claims[rcpt] for rcpt, reply in delivered.items() if not reply.ok}
+                self.ctx.replay_cache.delivered(list(set(claims.values()) - failed))
+                self.ctx.replay_cache.release(list(failed))
+                outcome.update(delivered)
+        except BaseException:
+            # An unexpected failure (451) or a client gone (cancelled): the
+            # retry must not meet a pending claim of ours and be refused.
+            # (Claims already marked delivered are not touched by release.)
+            self.ctx.replay_cache.release(list(set(claims.values())))
+            raise
         self.log_message(qid, server, session, envelope, "opened", outcome, started, mid)
         return self.finish(server, rcpts, outcome)
 
@@ -194,9 +206,10 @@ class InboundHandler(BaseHandler):
         self._admit(sender, verdict)
         return verdict
 
-    def _owner(self, rcpt: str) -> str:
+    def _mailbox(self, rcpt: str) -> str:
+        """What a replay claim is keyed on: one claim per mailbox, however it is spelled."""
         parsed = self.address(rcpt)
-        return parsed.owner if parsed else rcpt
+        return parsed.mailbox if parsed else rcpt
 
     async def _open(self, rcpts: list[str], message: bytes, parts) -> tuple[bundle.Opened | None, dict[str, Refusal]]:
         """Open for each envelope recipient with its own identities; return the
@@ -223,26 +236,24 @@ class InboundHandler(BaseHandler):
         refused = {rcpt: Refusal(REFUSAL_REPLIES[reason], reason) for rcpt, reason in result.refused.items()}
         return result.opened, refused
 
-    async def _claim(self, rcpts: list[str], opened: bundle.Opened) -> tuple[list[str], dict[str, Refusal]]:
-        claimed, refused = [], {}
-        cache = self.ctx.replay_cache
-        results = await asyncio.gather(*(cache.aclaim(self._owner(r), opened.serial, opened.date) for r in rcpts),
-                                       return_exceptions=True)
-        for rcpt, result in zip(rcpts, results, strict=True):
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                claimed.append(rcpt)
-            except replay.Replayed:
-                refused[rcpt] = Refusal(replies.REPLAYED, "replayed")
-            except replay.TooOld:
-                refused[rcpt] = Refusal(replies.TOO_OLD, "too-old")
-            except replay.FromTheFuture:
-                refused[rcpt] = Refusal(replies.FROM_THE_FUTURE, "from-the-future")
-            except replay.CacheUnavailable as exc:
-                log.error("inbound: %s", exc)
-                refused[rcpt] = Refusal(replies.REPLAY_CACHE_DOWN, "replay-cache-unavailable")
-        return claimed, refused
+    async def _claim(self, rcpts: list[str], opened: bundle.Opened
+                     ) -> tuple[dict[str, replay.Claim], dict[str, Refusal]]:
+        """{rcpt: claim} and {rcpt: refusal}; the same mailbox named twice is claimed once."""
+        mailboxes = {rcpt: self._mailbox(rcpt) for rcpt in rcpts}
+        unique = list(dict.fromkeys(mailboxes.values()))
+        results = await self.ctx.replay_cache.aclaim_all(unique, opened.serial, opened.tag, opened.date)
+        by_mailbox = dict(zip(unique, results, strict=True))
+        claims, refused = {}, {}
+        for rcpt, mailbox in mailboxes.items():
+            result = by_mailbox[mailbox]
+            if isinstance(result, replay.Claim):
+                claims[rcpt] = result
+                continue
+            if isinstance(result, replay.CacheUnavailable):
+                log.error("inbound: %s", result)
+            reply, reason = REPLAY_REFUSALS[type(result)]
+            refused[rcpt] = Refusal(reply, reason)
+        return claims, refused
 
     def _refuse(self, envelope, session, rcpts: list[str], message: bytes, refusal: Refusal) -> dict[str, Reply]:
         if refusal.reply.temporary or self.ctx.config.inbound.on_failure != "quarantine":

@@ -69,7 +69,9 @@ NOT_SIGNED = Reply(550, "5.7.1 Mail from this sender must be sealed and signed b
 NOT_SEALED = Reply(550, "5.7.1 Mail from this sender must arrive sealed")
 REPLAYED = Reply(550, "5.7.0 Replayed sealed message refused (already delivered)")
 TOO_OLD = Reply(550, "5.7.0 Sealed message is older than the replay window")
-FROM_THE_FUTURE = Reply(550, "5.7.0 Sealed message is dated in the future")
+FROM_THE_FUTURE = Reply(451, "4.7.0 Sealed message is dated in the future (clock skew?), try again later")
+REPLAY_IN_FLIGHT = Reply(451, "4.7.0 The same sealed message is being delivered right now, try again later")
+CLOCK_WENT_BACK = Reply(451, "4.7.0 Local clock is behind the replay cache, try again later")
 REPLAY_CACHE_DOWN = Reply(451, "4.3.0 Replay cache unavailable, try again later")
 
 # The next hop

@@ -61,13 +61,14 @@ class Context:
     sessions: set = field(default_factory=set)
 
     @classmethod
-    def build(cls, cfg: config_mod.Config) -> Context:
+    def build(cls, cfg: config_mod.Config, replay_cache: ReplayCache | None = None) -> Context:
+        """`replay_cache`: one made by the caller (tests: with their own fsync)."""
         # Never created here: a typo in [keystore] path must stop the start,
         # not run on an empty keystore that seals nothing (`keys init` makes one).
         keystore = open_keystore(cfg.keystore, create=False, actor="daemon")
         if cfg.inbound is not None:
             keystore.master()  # a missing or wrong master key stops the start, loudly
-        ctx = cls(cfg, keystore)
+        ctx = cls(cfg, keystore, replay_cache)
         ctx.apply(cfg)
         return ctx
 
@@ -83,10 +84,15 @@ class Context:
             self.replay_cache.window = window
             self.quarantine = quarantine_for(cfg)
 
+    def close(self) -> None:
+        self.keystore.close()
+        if self.replay_cache is not None:
+            self.replay_cache.close()  # its pending claims, if any, are now a dead instance's
+
 
 class Gateway:
-    def __init__(self, cfg: config_mod.Config) -> None:
-        self.ctx = Context.build(cfg)
+    def __init__(self, cfg: config_mod.Config, replay_cache: ReplayCache | None = None) -> None:
+        self.ctx = Context.build(cfg, replay_cache)
         self.servers: list[asyncio.base_events.Server] = []
         self.factories: list[tuple[object, object]] = []  # (handler, session factory)
         self._stopped = asyncio.Event()
@@ -198,9 +204,7 @@ async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = N
     await gateway.wait()
     if expiry is not None:
         expiry.cancel()
-    gateway.ctx.keystore.close()
-    if gateway.ctx.replay_cache is not None:
-        gateway.ctx.replay_cache.close()
+    gateway.ctx.close()
     log.info("mailseal stopped")
     return 0
 
@@ -258,7 +262,7 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
     start before any fork; each worker then opens its own connections, as
     SQLite requires. Workers get SIGTERM when the supervisor dies.
     """
-    Context.build(cfg).keystore.close()
+    Context.build(cfg).close()  # nothing of it (threads, connections) may cross the fork
     supervisor = os.getpid()
     children: dict[int, int] = {}
     stopping = False
