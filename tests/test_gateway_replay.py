@@ -27,11 +27,11 @@ from .harness import Daemon, Sink, smtp_transaction, start_data
 MESSAGE = b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: once\r\n\r\nDelivered once, lost never.\r\n"
 
 
-def seal_for(daemon: Daemon, owner: str = "bob@b.test") -> bytes:
+def seal_for(daemon: Daemon, owner: str = "bob@b.test", bind: tuple[str, ...] = ("bob@b.test",)) -> bytes:
     state = daemon.dir / "state"
     with SQLiteKeyStore(state / "keystore.sqlite3", MasterKeySource(file=state / "master.key")) as ks:
         recipient = ks.identities_for(parse_address(owner))[0].recipient()
-    return bundle.seal(MESSAGE, [recipient], bind=[owner])
+    return bundle.seal(MESSAGE, [recipient], bind=bind)
 
 
 def serial_of(data: bytes) -> str:
@@ -79,13 +79,14 @@ def b(gateway):
 
 def test_the_same_mailbox_named_twice_is_claimed_once(b):
     daemon, final = b
-    sealed = seal_for(daemon)
-    t = smtp_transaction(daemon.inbound_port, "alice@a.test", ["bob@b.test", "bob@B.TEST"], sealed)
+    sealed = seal_for(daemon, bind=("bob@b.test", "bob+x@b.test"))
+    t = smtp_transaction(daemon.inbound_port, "alice@a.test", ["bob@b.test", "Bob+x@B.TEST"], sealed)
     assert t.data[0] == 250, t  # not refused as its own replay
     [got] = final.wait(1)
-    assert got.rcpts == ["bob@b.test", "bob@B.TEST"]
-    again = smtp_transaction(daemon.inbound_port, "alice@a.test", ["bob@B.test"], sealed)
-    assert again.data[0] == 550 and again.data[1].startswith(b"5.7.0 Replayed")
+    assert got.rcpts == ["bob@b.test", "Bob+x@B.TEST"]
+    for spelling in ("BOB@b.test", "bob+x@b.test"):  # one mailbox, however it is spelled
+        again = smtp_transaction(daemon.inbound_port, "alice@a.test", [spelling], sealed)
+        assert again.data[0] == 550 and again.data[1].startswith(b"5.7.0 Replayed")
 
 
 def test_a_second_copy_while_the_first_is_relayed_gets_a_temporary_refusal(b):
