@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import instances
+from . import liveness
 from .purge_clock import PurgeClock, elapsed_clock
 
 log = logging.getLogger("mailseal.replay")
@@ -146,7 +146,7 @@ SCHEMA = (
 class ReplayCache:
     def __init__(self, path: Path, window: Window, clock: Callable[[], float] = time.time, *,
                  elapsed: Callable[[], float] = elapsed_clock, fsync: Callable[[int], None] = os.fsync,
-                 host: str | None = None, heartbeat: float | None = instances.HEARTBEAT_INTERVAL,
+                 host: str | None = None, heartbeat: float | None = liveness.HEARTBEAT_INTERVAL,
                  purge_every: int = PURGE_EVERY) -> None:
         """`clock`: the wall clock; `elapsed`: a clock that is never stepped (see purge_clock);
         `fsync`: what makes a file durable; `host`: this node's name in the instance table;
@@ -166,7 +166,7 @@ class ReplayCache:
         self._unfinished: list[Claim] = []  # releases that failed, to retry
         self._wal_fd: int | None = None
         self._syncer: ThreadPoolExecutor | None = None  # one thread for fsync, made on first use
-        self.process = instances.this_process(host)
+        self.process = liveness.this_process(host)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -411,8 +411,8 @@ class ReplayCache:
     def _alive(self, instance_id: int | None, now: float) -> bool:
         row = self._db.execute("SELECT host, pid, start, heartbeat FROM instances WHERE id = ?",
                                (instance_id,)).fetchone()
-        holder = instances.Process(*row[:3]) if row else None
-        return instances.alive(holder, row[3] if row else 0, now, self.process.host)
+        holder = liveness.Process(*row[:3]) if row else None
+        return liveness.alive(holder, row[3] if row else 0, now, self.process.host)
 
     def _undo(self, claims: list[Claim]) -> None:
         """Best effort: remove claims whose durability is unknown (so the retry is not refused)."""
@@ -516,5 +516,5 @@ class ReplayCache:
                                    (self.window.forgettable_before(cutoff),)).rowcount
         self._db.execute(f"DELETE FROM instances WHERE heartbeat < ? AND NOT EXISTS (SELECT 1 FROM claims "
                          f"WHERE state = '{PENDING}' AND instance = instances.id)",
-                         (int(self._clock()) - instances.INSTANCE_TIMEOUT,))
+                         (int(self._clock()) - liveness.INSTANCE_TIMEOUT,))
         return dropped

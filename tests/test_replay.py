@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mailseal import instances
+from mailseal import liveness
 from mailseal.purge_clock import CLOCK_TRUST
 from mailseal.replay import (CacheUnavailable, Claim, ClockWentBack, FromTheFuture, InFlight, Replayed,
                              ReplayCache, ReplayError, TooOld, Window)
@@ -452,7 +452,7 @@ def test_another_nodes_claim_is_in_flight_until_its_heartbeat_is_stale(path):
     here = open_cache(path, here_clocks, host="node-a")
     try:
         theirs = claim(there)
-        here_clocks.advance(instances.INSTANCE_TIMEOUT)
+        here_clocks.advance(liveness.INSTANCE_TIMEOUT)
         with pytest.raises(InFlight):
             claim(here)
         here_clocks.advance(1)  # node-b has not beaten for longer than the timeout
@@ -473,7 +473,7 @@ def test_the_heartbeat_keeps_a_busy_node_alive(path):
     here = open_cache(path, shared, host="node-a")
     try:
         claim(there)
-        shared.advance(10 * instances.INSTANCE_TIMEOUT)
+        shared.advance(10 * liveness.INSTANCE_TIMEOUT)
         deadline = time.monotonic() + 30
         with sqlite3.connect(path) as db:
             while time.monotonic() < deadline and db.execute(
@@ -487,16 +487,16 @@ def test_the_heartbeat_keeps_a_busy_node_alive(path):
 
 
 def test_liveness_on_this_host_is_the_pid_and_its_start():
-    me = instances.this_process()
-    assert instances.alive(me, NOW, NOW, me.host)
-    assert not instances.alive(me, NOW - instances.INSTANCE_TIMEOUT - 1, NOW, me.host)
-    reused_pid = instances.Process(me.host, me.pid, me.start + "0")  # same pid, another process
-    assert not instances.alive(reused_pid, NOW, NOW, me.host)
+    me = liveness.this_process()
+    assert liveness.alive(me, NOW, NOW, me.host)
+    assert not liveness.alive(me, NOW - liveness.INSTANCE_TIMEOUT - 1, NOW, me.host)
+    reused_pid = liveness.Process(me.host, me.pid, me.start + "0")  # same pid, another process
+    assert not liveness.alive(reused_pid, NOW, NOW, me.host)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    assert not instances.alive(instances.Process(me.host, child.pid, me.start), NOW, NOW, me.host)
-    assert instances.alive(instances.Process("elsewhere", child.pid, ""), NOW, NOW, me.host)
-    assert not instances.alive(None, NOW, NOW, me.host)
+    assert not liveness.alive(liveness.Process(me.host, child.pid, me.start), NOW, NOW, me.host)
+    assert liveness.alive(liveness.Process("elsewhere", child.pid, ""), NOW, NOW, me.host)
+    assert not liveness.alive(None, NOW, NOW, me.host)
 
 
 RACER = r"""
@@ -627,7 +627,7 @@ def test_a_clock_stepped_back_after_a_purge_does_not_reopen_the_window(cache, pa
 def test_purge_forgets_dead_instances_that_hold_nothing(path, clocks):
     holder, idle = open_cache(path, clocks), open_cache(path, clocks)
     claim(holder)
-    clocks.advance(instances.INSTANCE_TIMEOUT + 1)
+    clocks.advance(liveness.INSTANCE_TIMEOUT + 1)
     fresh = open_cache(path, clocks)
     clocks.advance(1)
     fresh.purge()
