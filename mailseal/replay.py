@@ -2,9 +2,9 @@
 
 A bundle older than the window or dated too far in the future is refused.
 Every opened bundle is claimed per recipient mailbox, keyed on (recipient,
-serial, tag): the tag is the hex of the age header MAC, which a forger who
-saw the visible serial cannot reproduce, so a forgery cannot pre-empt the
-real bundle. A claim is
+serial, tag): the tag (bundle.Opened.tag, opaque here) is something a forger
+who saw the visible serial cannot reproduce, so a forgery cannot pre-empt
+the real bundle. A claim is
 
 * *pending* (with the instance that holds it and the time) from before the
   message is relayed; it is on disk before `aclaim` returns;
