@@ -480,6 +480,10 @@ def add_commands(commands) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_audit)
 
+    from . import cli_backup
+
+    cli_backup.add_commands(keys)
+
     policy = commands.add_parser("policy", help="sealing policy per address or domain").add_subparsers(
         dest="policy_command", metavar="ACTION", required=True)
     inbound_help = "inbound policy for mail from this sender (signed | sealed | any)"
