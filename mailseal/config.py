@@ -102,12 +102,18 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: Endpoint  # GET /metrics (Prometheus) and /health
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path | None
     keystore: KeystoreConfig
     server: ServerConfig
     outbound: OutboundConfig | None = None
     inbound: InboundConfig | None = None
+    metrics: MetricsConfig | None = None  # off unless [metrics] listen is set
     extra: dict = field(default_factory=dict, repr=False)
 
 
@@ -269,7 +275,7 @@ def load(path: Path) -> Config:
 
 
 def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
-    unknown = set(data) - {"keystore", "server", "outbound", "inbound"}
+    unknown = set(data) - {"keystore", "server", "outbound", "inbound", "metrics"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted('[' + u + ']' for u in unknown))}")
 
@@ -340,4 +346,22 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
                                             ib.where("quarantine_max_size"), parse_size),
         )
         ib.check_unknown()
-    return Config(source, keystore, server, outbound, inbound)
+    return Config(source, keystore, server, outbound, inbound, metrics=_metrics(data.get("metrics", {}), base))
+
+
+def _metrics(data: dict, base: Path) -> MetricsConfig | None:
+    mt = _Section(data, "metrics", base)
+    listen = mt.get("listen")
+    allow = mt.get("allow_non_loopback", False, bool)
+    mt.check_unknown()
+    if listen is None:
+        return None
+    endpoint = parse_endpoint(listen, mt.where("listen"))
+    try:
+        loopback = endpoint.host == "localhost" or ipaddress.ip_address(endpoint.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow:
+        raise ConfigError(f"[metrics] listen: {endpoint.host} is not a loopback address (the endpoint has no "
+                          "authentication); set allow_non_loopback = true to serve it there anyway")
+    return MetricsConfig(endpoint)

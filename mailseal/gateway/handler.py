@@ -117,6 +117,7 @@ class BaseHandler:
                   "decision": decision, "reply": answered, "next_hop": next_hop,
                   "next_queue_id": ",".join(queued) or None, "took_ms": round((time.monotonic() - started) * 1000)}
         log.info(format_fields(fields), extra={"fields": fields})
+        self.ctx.count(self.direction, decision, outcome, time.monotonic() - started)
 
     def _canonical(self, rcpt: str) -> str:
         # Logged in canonical form (IDNA domain): greppable, and no raw bytes of the client's.
@@ -131,6 +132,7 @@ class BaseHandler:
                   "reason": reason,
                   "reply": " ".join(text.split()[:2])}
         log.info(format_fields(fields), extra={"fields": fields})
+        self.ctx.metrics.rcpt_refused(self.direction, reason)
 
 
 def recipients_field(rcpts: Sequence[str], how: str) -> dict:

@@ -3,7 +3,9 @@
 SIGTERM stops accepting connections, lets the messages in flight finish,
 then exits; SIGHUP re-reads the configuration (a broken one is reported and
 the running one kept); readiness and state go to systemd by sd_notify when
-NOTIFY_SOCKET is set.
+NOTIFY_SOCKET is set (gateway/notify.py: watchdog, STATUS, reload
+completion); [metrics] serves /metrics and /health from a thread
+(gateway/observe.py), in the supervisor when there are several workers.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config as config_mod
+from .. import metrics as metrics_mod
 from ..keystore import SQLiteKeyStore, open_keystore
 from ..quarantine import Quarantine, quarantine_for
 from ..replay import ReplayCache, Window
 from . import instance
 from .inbound import InboundHandler
+from .notify import Monitor, Pulse, reloading, sd_notify
 from .outbound import OutboundHandler
 from .relay import next_hop_for
 from .smtp import Admission, make_server, reconfigure
@@ -32,19 +35,6 @@ STOP_GRACE = 60.0
 # Blocked in a worker from its fork until its event loop handles them, so a
 # SIGTERM that comes while it starts stops it cleanly instead of killing it.
 CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def sd_notify(state: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(state.encode(), address)
-    except OSError as exc:
-        log.warning("sd_notify failed: %s", exc)
 
 
 @dataclass
@@ -59,6 +49,14 @@ class Context:
     inbound_next_hop: object = None
     stopping: bool = False
     sessions: set = field(default_factory=set)
+    metrics: metrics_mod.NullMetrics = field(default_factory=metrics_mod.NullMetrics)
+    tally: dict = field(default_factory=lambda: dict.fromkeys(metrics_mod.DECISIONS, 0))  # for STATUS=
+
+    def count(self, direction: str, decision: str, outcome: dict, seconds: float) -> None:
+        """Once per message: the STATUS= tally and the metrics."""
+        label, reason = metrics_mod.decision_of(decision, outcome)
+        self.tally[label] += 1
+        self.metrics.message(direction, label, reason, outcome, seconds)
 
     @classmethod
     def build(cls, cfg: config_mod.Config, replay_cache: ReplayCache | None = None) -> Context:
@@ -97,6 +95,8 @@ class Gateway:
         self.factories: list[tuple[object, object]] = []  # (handler, session factory)
         self._stopped = asyncio.Event()
         self._listen = self._listeners(cfg)
+        self.endpoint = None  # the [metrics] endpoint, when this process serves it
+        self.reloaded = lambda: None  # a worker tells its supervisor
         # One count for both listeners: the limits guard the process.
         self.admission = Admission(cfg.server.max_connections_per_client, cfg.server.max_connections)
 
@@ -133,12 +133,13 @@ class Gateway:
                      self.ctx.outbound_next_hop if name == "outbound" else self.ctx.inbound_next_hop)
 
     def reload(self, path: Path) -> None:
-        sd_notify("RELOADING=1")
+        sd_notify(reloading())
         try:
             cfg = config_mod.load(path)
         except config_mod.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             sd_notify("READY=1")
+            self.reloaded()
             return
         if self._listeners(cfg) and [(n, s.listen, s.protocol) for n, s in self._listeners(cfg)] != \
                 [(n, s.listen, s.protocol) for n, s in self._listen]:
@@ -151,8 +152,11 @@ class Gateway:
         for handler, factory in self.factories:
             reconfigure(factory, allowed_clients=cfg.server.allowed_clients, max_message_size=handler.size_limit(),
                         idle_timeout=cfg.server.idle_timeout, data_timeout=cfg.server.data_timeout)
+        if self.endpoint is not None:
+            self.endpoint.config = cfg
         log.info("configuration reloaded from %s", path)
         sd_notify("READY=1")
+        self.reloaded()
 
     async def stop(self) -> None:
         """Stop accepting; let messages in flight finish (up to STOP_GRACE); close."""
@@ -183,12 +187,27 @@ def _load(path: Path) -> config_mod.Config:
     return cfg
 
 
-async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = None) -> int:
+async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = None,
+              heartbeat_fd: int | None = None) -> int:
     """One event loop serving the listeners; a worker shares the ports with its siblings."""
     cfg = _load(path)
     gateway = Gateway(cfg)
+    if cfg.metrics is not None:
+        if worker is None:
+            from .observe import Endpoint
+
+            registry = metrics_mod.registry_for(cfg, multiprocess=False)
+            gateway.ctx.metrics = metrics_mod.Metrics(registry)
+            gateway.endpoint = Endpoint(cfg, registry)
+        elif os.environ.get(metrics_mod.MULTIPROC_ENV):
+            # Counted in this worker's files; the supervisor's endpoint adds them up.
+            from prometheus_client import CollectorRegistry
+
+            gateway.ctx.metrics = metrics_mod.Metrics(CollectorRegistry())
     await gateway.start(reuse_port=worker is not None)
     loop = asyncio.get_running_loop()
+    pulse = Pulse(loop, gateway.ctx.tally, heartbeat_fd)
+    gateway.reloaded = lambda: pulse.send("reloaded\n")
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(gateway.stop()))
     loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(gateway.stop()))
     loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload(path))
@@ -204,6 +223,8 @@ async def run(path: Path, *, worker: int | None = None, ready_fd: int | None = N
     await gateway.wait()
     if expiry is not None:
         expiry.cancel()
+    if gateway.endpoint is not None:
+        gateway.endpoint.close()
     gateway.ctx.close()
     log.info("mailseal stopped")
     return 0
@@ -266,6 +287,14 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
     supervisor = os.getpid()
     children: dict[int, int] = {}
     stopping = False
+    endpoint = None
+    if cfg.metrics is not None:
+        # Before prometheus_client is imported anywhere: the workers count in files.
+        metrics_mod.prepare_multiprocess(cfg.server.state_dir, cfg.metrics.listen.port)
+        from .observe import Endpoint
+
+        endpoint = Endpoint(cfg, metrics_mod.registry_for(cfg, multiprocess=True))
+    monitor = Monitor(cfg.server.workers)
 
     def spawn(index: int) -> None:
         # Blocked across the fork: the child never runs the supervisor's
@@ -277,21 +306,27 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
             return
         read_fd, write_fd = os.pipe()
+        beat_read, beat_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             instance.die_with_parent(supervisor)
             os.close(read_fd)
+            os.close(beat_read)
+            if endpoint is not None:  # the supervisor's: a worker must not keep its port
+                endpoint.server.socket.close()
             os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
             for sig in CONTROL_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = asyncio.run(run(path, worker=index, ready_fd=write_fd))
+                code = asyncio.run(run(path, worker=index, ready_fd=write_fd, heartbeat_fd=beat_write))
             except BaseException as exc:  # noqa: BLE001 - report, never a traceback
                 log.error("worker %d failed: %s", index, exc)
             finally:
                 os._exit(code)
         children[pid] = index  # known before any SIGTERM is handled: forward() reaches it
+        os.close(beat_write)
+        monitor.add(pid, beat_read)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
         os.close(write_fd)
         os.read(read_fd, 1)  # the worker listens (or has died)
@@ -302,6 +337,8 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
             sd_notify("STOPPING=1")
+        elif sig == signal.SIGHUP:
+            monitor.reload()  # READY=1 once every worker has reloaded
         for pid in list(children):
             try:
                 os.kill(pid, sig)
@@ -325,6 +362,7 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
         index = children.pop(pid, None)
         if index is None:
             continue
+        monitor.remove(pid)
         exit_code = os.waitstatus_to_exitcode(code)
         if not stopping:
             log.error("worker %d exited with %d; starting a new one", index, exit_code)
@@ -332,6 +370,8 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
             spawn(index)
         elif exit_code:
             status = 1
+    if endpoint is not None:
+        endpoint.close()
     log.info("mailseal stopped")
     return status
 
