@@ -141,13 +141,13 @@ def test_several_workers_give_one_view_that_survives_a_worker(tmp_path):
 
 def test_the_endpoint_is_loopback_only_unless_allowed(tmp_path):
     d = Daemon(tmp_path / "c", outbound={"next_hop": "127.0.0.1:9"})
+    d.cli("keys", "generate", "@a.test")
     base = d.config.read_text()
     d.config.write_text(base + '\n[metrics]\nlisten = "0.0.0.0:9125"\n')
     for command in (("check-config",), ("serve",)):
         result = run_cli("-c", str(d.config), *command)
         assert result.returncode == 2 and "not a loopback address" in one_line(result)
     d.config.write_text(base + '\n[metrics]\nlisten = "0.0.0.0:9125"\nallow_non_loopback = true\n')
-    d.cli("keys", "generate", "@a.test")
     assert run_cli("-c", str(d.config), "check-config").returncode == 0
     d.config.write_text(base + '\n[metrics]\nlisten = "[::1]:9125"\nport = 3\n')
     result = run_cli("-c", str(d.config), "check-config")
