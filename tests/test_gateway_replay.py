@@ -121,6 +121,29 @@ def test_a_refusal_by_the_next_hop_leaves_the_retry_free(b, refusal):
     assert delivered_serials(final) == [serial_of(sealed)]
 
 
+def test_smtp_partial_failure_at_the_next_hop_loses_no_recipient_on_the_retry(b):
+    """One SMTP reply covers the transaction: bob accepted, carol refused for
+    now by the next hop answers 451, and the MTA retries both. The retry must
+    reach carol (bob may get a duplicate), not meet bob's claim as a replay."""
+    daemon, final = b
+    daemon.cli("keys", "generate", "carol@b.test")
+    state = daemon.dir / "state"
+    with SQLiteKeyStore(state / "keystore.sqlite3", MasterKeySource(file=state / "master.key")) as ks:
+        keys = [ks.identities_for(parse_address(o))[0].recipient() for o in ("bob@b.test", "carol@b.test")]
+    sealed = bundle.seal(MESSAGE, keys, bind=("bob@b.test", "carol@b.test"))
+    final.handler.rcpt_reply["carol@b.test"] = "452 4.2.2 Mailbox full"
+    try:
+        first = send(daemon.inbound_port, sealed, ("bob@b.test", "carol@b.test"))
+        assert first.data[0] == 451, first
+        assert [m.rcpts for m in final.messages] == [["bob@b.test"]]
+    finally:
+        final.handler.rcpt_reply.clear()
+    retry = send(daemon.inbound_port, sealed, ("bob@b.test", "carol@b.test"))
+    assert retry.data[0] == 250, retry
+    assert "carol@b.test" in final.messages[-1].rcpts
+    assert delivered_serials(final) == [serial_of(sealed)] * 2  # bob's duplicate is the allowed worst case
+
+
 def test_a_client_gone_while_the_relay_is_in_flight_gets_its_retry_delivered(b):
     daemon, final = b
     sealed = seal_for(daemon)

@@ -174,6 +174,11 @@ class InboundHandler(BaseHandler):
                 # A mailbox's claim holds once every recipient naming it was
                 # accepted; otherwise it is released, so the retry is not a "replay".
                 failed = {claims[rcpt] for rcpt, reply in delivered.items() if not reply.ok}
+                if failed and not self.lmtp(server):
+                    # One SMTP reply covers them all, so the MTA retries every
+                    # recipient: release every claim (a recipient already
+                    # accepted may get a duplicate; none is refused as a replay).
+                    failed = set(claims.values())
                 self.ctx.replay_cache.delivered(list(set(claims.values()) - failed))
                 self.ctx.replay_cache.release(list(failed))
                 outcome.update(delivered)
