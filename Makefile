@@ -7,8 +7,9 @@ CONFIG ?= config/mailseal.toml
 PY     := $(VENV)/bin/python
 # Debian packages the tests use: age (interop reference), postfix (a real MTA
 # and smtp-source/smtp-sink), swaks (a real SMTP client), openssl (`openssl cms`
-# makes S/MIME AuthEnvelopedData).
-DEBIAN_TEST_PACKAGES := age postfix swaks iproute2 openssl
+# makes S/MIME AuthEnvelopedData, and opens and makes our S/MIME copies), gnupg
+# and sq (Sequoia's CLI) open and make our PGP/MIME copies.
+DEBIAN_TEST_PACKAGES := age postfix swaks iproute2 openssl gnupg sq
 # The TypeScript age (npm age-encryption), the post-quantum interop reference,
 # goes into .venv/node with the machine's npm.
 TYPAGE := $(VENV)/node/node_modules/age-encryption/package.json

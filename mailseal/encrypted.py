@@ -27,7 +27,7 @@ from . import bundle, mime
 
 MAILSEAL, PGP_MIME, SMIME = "mailseal", "pgp-mime", "smime"
 
-_SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 # DER contents of the OIDs: id-envelopedData 1.2.840.113549.1.7.3 and
 # id-ct-authEnvelopedData 1.2.840.113549.1.9.16.1.23 (RFC 5652, RFC 5083).
 _CMS_ENVELOPED = (bytes.fromhex("2a864886f70d010703"), bytes.fromhex("2a864886f70d0109100117"))
@@ -53,7 +53,7 @@ def verify(message: bytes) -> str | None:
     ctype = headers.content_type()
     if ctype == "multipart/encrypted":
         return _mailseal(message) or _pgp_mime(message, headers, body_at)
-    if ctype in _SMIME_TYPES:
+    if ctype in SMIME_TYPES:
         der = _decoded_start(memoryview(message)[body_at:], headers)
         return SMIME if der is not None and _cms_enveloped(*der) else None
     return None
