@@ -187,9 +187,16 @@ def _read_import_source(source: str) -> tuple[str, str]:
 def cmd_import(args: argparse.Namespace) -> int:
     from .keystore import KeystoreError, parse_cards
 
+    from .cli_partner_keys import import_certificate, is_certificate_file
+
     owner = _owner(args.owner)
-    text, where = _read_import_source(args.source)
     expires = _expires(args.expires)
+    certificate = is_certificate_file(args.source)
+    if certificate is not None:
+        return import_certificate(args, owner, certificate, expires)
+    if args.ca:
+        raise UserError("--ca applies to X.509 certificates only")
+    text, where = _read_import_source(args.source)
     try:
         cards = parse_cards(text)
     except KeystoreError as exc:
@@ -223,8 +230,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .keystore import render_card
 
     owner = _owner(args.owner)
+    from .keystore.records import PARTNER_KINDS
+
     records = _run(args, False, lambda s: s.export(owner))
-    sys.stdout.write("\n".join(render_card(r) for r in records))
+    # S/MIME and OpenPGP keys go out as the certificate itself (PEM, armored).
+    sys.stdout.write("\n".join(r.recipient if r.kind in PARTNER_KINDS else render_card(r) for r in records))
     return 0
 
 
@@ -448,10 +458,15 @@ def add_commands(commands) -> None:
     p.set_defaults(func=cmd_generate)
     p = keys.add_parser("import", help="a partner's public key, a file of them, or an exported card")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
-    p.add_argument("source", metavar="RECIPIENT|FILE", help="age1pq1…/age1… key, a file, or - for stdin")
+    p.add_argument("source", metavar="RECIPIENT|FILE",
+                   help="age1pq1…/age1… key, a file (key cards, X.509 or OpenPGP certificate), or - for stdin")
     p.add_argument("--label", help="free text shown in lists")
     p.add_argument("--expires", metavar="DURATION|DATE", help="e.g. 365d or 2027-12-31")
+    p.add_argument("--ca", metavar="FILE", help="X.509 only: PEM trust anchors the certificate must chain to")
     p.set_defaults(func=cmd_import)
+    from .cli_partner_keys import add_commands as add_partner_commands
+
+    add_partner_commands(keys)
     p = keys.add_parser("export", help="public key card(s) of a local identity")
     p.add_argument("owner", metavar="ADDRESS|@DOMAIN")
     p.set_defaults(func=cmd_export)

@@ -56,6 +56,9 @@ class NextHop:
     connections: int = 10  # at most this many open at once; further copies wait for one
 
 
+FORMATS = ("age", "openpgp", "smime")
+
+
 @dataclass(frozen=True)
 class OutboundConfig:
     listen: Endpoint
@@ -64,6 +67,16 @@ class OutboundConfig:
     default_policy: str
     # "shadow": decide and log what would be sealed or refused, change nothing
     mode: str = "enforce"
+    # The format a recipient gets: the first of these it has usable keys for
+    # (a mailseal bundle, PGP/MIME, S/MIME), per recipient domain if listed.
+    formats: tuple[str, ...] = FORMATS
+    formats_by_domain: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def formats_for(self, domain: str) -> tuple[str, ...]:
+        for name, order in self.formats_by_domain:
+            if name == domain:
+                return order
+        return self.formats
 
 
 @dataclass(frozen=True)
@@ -252,6 +265,22 @@ def _timeout(section: _Section, key: str, default: str) -> int:
     return value
 
 
+def _formats(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or any(v not in FORMATS for v in value) or \
+            len(set(value)) != len(value):
+        raise ConfigError(f"{where}: expected a list of distinct formats from {', '.join(FORMATS)}, got {value!r}")
+    return tuple(value)
+
+
+def _domain(name: str, where: str) -> str:
+    from .addresses import AddressError, parse_owner
+
+    try:
+        return parse_owner("@" + name.removeprefix("@")).removeprefix("@")
+    except AddressError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def find_config(explicit: str | None) -> Path | None:
     """-c, then $MAILSEAL_CONFIG, then the default locations; None if none exists."""
     if explicit:
@@ -324,6 +353,10 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
             next_hop=ob.next_hop("next_hop", "127.0.0.1:10026"),
             default_policy=ob.choice("default_policy", "opportunistic", POLICIES),
             mode=ob.choice("mode", "enforce", ("enforce", "shadow")),
+            formats=_formats(ob.get("formats", list(FORMATS), list), ob.where("formats")),
+            formats_by_domain=tuple(
+                (_domain(name, ob.where("formats_by_domain")), _formats(order, ob.where(f"formats_by_domain.{name}")))
+                for name, order in ob.get("formats_by_domain", {}, dict).items()),
         )
         ob.check_unknown()
     if "inbound" in data:

@@ -14,17 +14,27 @@ from dataclasses import dataclass, field
 
 from . import policy
 from .addresses import Address, lookup_order
-from .keystore.records import ENCRYPTION_KINDS
+from .keystore.records import ENCRYPTION_KINDS, PARTNER_KINDS
 
 SHADOW, ENFORCE = "shadow", "enforce"
 
 
-def outbound_decision(store, address: Address, default_policy: str) -> tuple[policy.Decision, tuple[str, str] | None]:
-    """(the decision, (owner, policy) found or None when the default applies)."""
+def outbound_decision(store, address: Address, default_policy: str, order=policy.DEFAULT_ORDER
+                      ) -> tuple[policy.Decision, tuple[str, str] | None]:
+    """(the decision, (owner, policy) found or None when the default applies).
+
+    `order` is the recipient domain's format order ([outbound] formats):
+    S/MIME and OpenPGP certificates are looked up only when the recipient
+    has no age key or its domain puts another format first, so the age path
+    costs what it did."""
     found = store.policy_for(address)
     chosen = found[1] if found else default_policy
     keys = store.recipients_for(address) if chosen != policy.PLAIN else []
-    return policy.decide(chosen, keys), found
+    if chosen == policy.PLAIN or (keys and order[0] == policy.AGE):
+        return policy.decide(chosen, keys), found
+    stored = store.partner_certificates_for(address)
+    certificates = {policy.SMIME: stored.get("x509", ()), policy.OPENPGP: stored.get("openpgp", ())}
+    return policy.decide(chosen, keys, certificates, order), found
 
 
 def where(address: Address, owner: str) -> str:
@@ -66,16 +76,17 @@ def explain(store, address: Address, outbound_config, parent_domains: bool = Fal
     now = time.time() if now is None else now
     order = lookup_order(address, parent_domains)
     # Encryption keys only: signing keys (sender authenticity) neither seal nor open.
-    records = [r for owner in order for r in store.find(owner) if r.kind in ENCRYPTION_KINDS]
+    records = [r for owner in order for r in store.find(owner) if r.kind in ENCRYPTION_KINDS + PARTNER_KINDS]
     default = outbound_config.default_policy if outbound_config is not None else policy.OPPORTUNISTIC
-    decision, found = outbound_decision(store, address, default)
+    formats = outbound_config.formats_for(address.domain) if outbound_config is not None else policy.DEFAULT_ORDER
+    decision, found = outbound_decision(store, address, default, formats)
     if found:
         source = f"set for {found[0]} ({where(address, found[0])})"
     elif outbound_config is not None:
         source = "no policy set: [outbound] default_policy"
     else:
         source = "no policy set and no [outbound] section: the built-in default"
-    chosen = {str(k) for k in decision.keys}
+    chosen = {str(k) for k in decision.keys} | set(decision.certificates)
     keys = [_key(r, address, now) for r in records if r.scope == "remote" and r.recipient in chosen]
     passed_over = []
     for r in records:
@@ -110,7 +121,8 @@ def render(e: Explanation, given: str) -> str:
         lines.append(f"seals to:       {key_line(k)}")
     for k in e.passed_over:
         lines.append(f"passed over:    {key_line(k)}: {k['why']}")
-    outcome = {"seal": "seal" + (" (post-quantum)" if e.keys and e.keys[0]["kind"] != "X25519" else " (classic)"),
+    sealed_as = {"x509": " (S/MIME)", "openpgp": " (PGP/MIME)", "X25519": " (classic)"}
+    outcome = {"seal": "seal" + (sealed_as.get(e.keys[0]["kind"], " (post-quantum)") if e.keys else ""),
                "clear": "pass in clear", "refuse": "refuse the recipient at RCPT (550 5.7.1)",
                "none": "nothing: no [outbound] section"}[e.action]
     lines.append(f"outbound:       {outcome} ({e.reason})")

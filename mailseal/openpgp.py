@@ -159,7 +159,7 @@ def armored_message(message: bytes) -> bytes:
     start, end = spans[1]
     part = message[start:end]
     _, part_body_at = mime.split_head(part)
-    return part[part_body_at:]
+    return bytes(part[part_body_at:])
 
 
 def open_message(message: bytes, keys: list[pysequoia.Tsk],

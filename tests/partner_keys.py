@@ -96,3 +96,22 @@ def gnupg_home(directory: Path, *keys: bytes) -> Iterator[dict[str, str]]:
         yield env
     finally:
         subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, timeout=60)
+
+
+def issued(name: str, issuer: smime.Identity, *, bits: int = 2048, days: int = 30,
+           usages: list | None = None) -> smime.Identity:
+    """An RSA certificate issued by `issuer` (a CA), optionally with extended key usages."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, name)]))
+               .issuer_name(issuer.certificate.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days)))
+    if usages is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return smime.Identity(builder.sign(issuer.private_key, hashes.SHA256()), key)
+
+
+def pem(*identities: smime.Identity) -> bytes:
+    return b"".join(i.certificate.public_bytes(serialization.Encoding.PEM) for i in identities)

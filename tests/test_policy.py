@@ -66,3 +66,47 @@ def test_same_key_for_two_recipients_gives_one_stanza():
     [copy] = plan_copies(decisions, {"a@x.test", "b@x.test"})
     assert copy.keys == (PQ[0],)
     assert policy.Copy(("x",), False).kind == "clear"
+
+
+# --- S/MIME and OpenPGP recipients ---------------------------------------------------------
+
+CERTS = {policy.OPENPGP: ["pgp-cert"], policy.SMIME: ["x509-cert"]}
+
+
+@pytest.mark.parametrize("order, keys, certificates, form", [
+    (policy.DEFAULT_ORDER, [PQ[0]], CERTS, policy.AGE),
+    (policy.DEFAULT_ORDER, [], CERTS, policy.OPENPGP),
+    (policy.DEFAULT_ORDER, [], {policy.SMIME: ["x509-cert"]}, policy.SMIME),
+    ((policy.SMIME, policy.AGE), [PQ[0]], CERTS, policy.SMIME),
+    ((policy.OPENPGP,), [PQ[0]], {policy.SMIME: ["x509-cert"]}, None),
+])
+def test_the_first_format_in_order_with_keys_wins(order, keys, certificates, form):
+    d = decide("require", keys, certificates, order)
+    if form is None:
+        assert d.action is Action.REFUSE
+        return
+    assert d.action is Action.SEAL and d.format == form
+    assert d.certificates == (() if form == policy.AGE else tuple(certificates[form]))
+
+
+def test_plain_never_looks_at_certificates():
+    assert decide("plain", [], CERTS).action is Action.PASS
+
+
+def test_formats_never_share_a_copy_and_bcc_stays_alone():
+    decisions = {
+        "a@x.test": decide("require", [PQ[0]]),
+        "b@x.test": decide("require", [], CERTS),
+        "c@x.test": decide("require", [], {policy.OPENPGP: ["other-pgp"]}),
+        "d@x.test": decide("require", [], {policy.SMIME: ["x509-cert"]}),
+        "e@x.test": decide("require", [], {policy.SMIME: ["bcc-cert"]}),
+        "f@x.test": decide("opportunistic", []),
+    }
+    copies = plan_copies(decisions, ["a@x.test", "b@x.test", "c@x.test", "d@x.test", "f@x.test"])
+    by_rcpts = {c.rcpts: c for c in copies}
+    assert set(by_rcpts) == {("f@x.test",), ("a@x.test",), ("b@x.test", "c@x.test"), ("d@x.test",),
+                             ("e@x.test",)}
+    assert by_rcpts[("b@x.test", "c@x.test")].kind == "openpgp"
+    assert by_rcpts[("b@x.test", "c@x.test")].certificates == ("pgp-cert", "other-pgp")
+    assert by_rcpts[("e@x.test",)].kind == "smime" and by_rcpts[("e@x.test",)].certificates == ("bcc-cert",)
+    assert by_rcpts[("a@x.test",)].kind == "pq" and not by_rcpts[("f@x.test",)].sealed

@@ -18,7 +18,7 @@ import asyncio
 import time
 from email.utils import getaddresses
 
-from .. import bundle, encrypted, explain, headerfilter, mime, policy
+from .. import bundle, encrypted, explain, headerfilter, mime, partner_copy, policy
 from ..keystore import KeystoreError
 from . import replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -102,7 +102,9 @@ class OutboundHandler(BaseHandler):
     direction = "outbound"
 
     def decide(self, address) -> policy.Decision:
-        return explain.outbound_decision(self.ctx.keystore, address, self.ctx.config.outbound.default_policy)[0]
+        outbound = self.ctx.config.outbound
+        return explain.outbound_decision(self.ctx.keystore, address, outbound.default_policy,
+                                         outbound.formats_for(address.domain))[0]
 
     @property
     def shadow(self) -> bool:
@@ -126,7 +128,12 @@ class OutboundHandler(BaseHandler):
             return str(replies.KEYSTORE_UNAVAILABLE)
         if decision.action is policy.Action.REFUSE:
             if not self.shadow:
-                reply = f"550 {replies.POLICY_REQUIRES_KEY.format(rcpt=address)}"
+                try:
+                    expired = self.ctx.keystore.partner_certificate_expired(parsed)
+                except KeystoreError:
+                    expired = False
+                text = replies.POLICY_CERTIFICATE_EXPIRED if expired else replies.POLICY_REQUIRES_KEY
+                reply = f"550 {text.format(rcpt=address)}"
                 # Logged in canonical form (IDNA): no raw bytes of the client's.
                 self.log_rcpt_refused(parsed.owner, "policy-require", reply)
                 return reply
@@ -182,7 +189,11 @@ class OutboundHandler(BaseHandler):
                 # Signed with the envelope sender's key, else its domain's (if we hold one).
                 sender = self.address(envelope.mail_from) if envelope.mail_from else None
                 signer = self.ctx.keystore.signing_key_for(sender) if sender else None
-                data = await _run(in_thread, bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind, signer=signer)
+                if copy.format != policy.AGE:  # PGP/MIME or S/MIME: no binding, no mailseal signature
+                    data = await asyncio.to_thread(partner_copy.seal, copy.format, message, copy.certificates)
+                else:
+                    data = await _run(in_thread, bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind,
+                                      signer=signer)
             except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
                 log.error("outbound: sealing failed: %s", type(exc).__name__)
                 return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)

@@ -52,6 +52,8 @@ STARTTLS_NOT_OFFERED = Reply(502, "5.5.1 STARTTLS not offered")
 
 # Outbound (sealing)
 POLICY_REQUIRES_KEY = "5.7.1 <{rcpt}>: policy requires encryption and no usable key is known for this recipient"
+POLICY_CERTIFICATE_EXPIRED = ("5.7.1 <{rcpt}>: policy requires encryption and the recipient's certificate "
+                              "has expired")
 DECISION_CHANGED = Reply(451, "4.7.0 Encryption decision changed since RCPT (key or policy changed); try again")
 PARTIAL_FAILURE = Reply(451, "4.3.0 Not every copy could be delivered; try again")
 SEAL_FAILED = Reply(451, "4.7.5 Sealing failed; the message was not sent; try again later")

@@ -15,6 +15,8 @@ LOCAL, REMOTE = "local", "remote"
 
 ENCRYPTION_KINDS = ("mlkem768x25519", "X25519")
 SIGNING_KINDS = signing.KINDS
+# Certificates of partners without mailseal, and our own S/MIME / OpenPGP keys.
+PARTNER_KINDS = ("x509", "openpgp")
 PublicKey = age.Recipient | signing.VerifyKey
 
 
@@ -25,7 +27,10 @@ def kind_of(key: PublicKey) -> str:
 
 
 def family(kind: str) -> str:
-    """'signing' or 'encryption': rotation and lookups keep the two apart."""
+    """'signing', 'encryption' (age) or 'partner' (S/MIME, OpenPGP): rotation
+    and lookups keep them apart."""
+    if kind in PARTNER_KINDS:
+        return "partner"
     return "signing" if kind in SIGNING_KINDS else "encryption"
 
 
@@ -34,8 +39,9 @@ class KeyRecord:
     id: int
     scope: str  # "local": our identity (private key held, opens mail); "remote": a recipient to seal to
     owner: str  # address or @domain, stored form
-    kind: str  # "mlkem768x25519" or "X25519"; "ed25519+mldsa65" or "ed25519" for signing keys
-    recipient: str  # the public key string (a verifying key for signing kinds)
+    kind: str  # "mlkem768x25519" or "X25519"; "ed25519+mldsa65" or "ed25519" for signing keys;
+    # "x509" or "openpgp" for S/MIME and OpenPGP certificates
+    recipient: str  # the public key string (a verifying key, a PEM or armored certificate)
     fingerprint: str
     label: str
     source: str

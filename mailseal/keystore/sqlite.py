@@ -23,12 +23,13 @@ from ..addresses import Address, AddressError, lookup_order, parse_owner
 from . import audit, canonical, masterkey
 from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable
 from .fingerprint import fingerprint, looks_like_fingerprint, normalise
-from .records import LOCAL, REMOTE, SIGNING_KINDS, KeyRecord, PublicKey, family, kind_of
+from .records import LOCAL, PARTNER_KINDS, REMOTE, SIGNING_KINDS, KeyRecord, PublicKey, family, kind_of
 
 POLICIES = ("require", "opportunistic", "plain")
 INBOUND_POLICIES = ("signed", "sealed", "any")
 _ENCRYPTION = "kind IN ('mlkem768x25519', 'X25519')"
 _SIGNING = "kind IN ('ed25519+mldsa65', 'ed25519')"
+_PARTNER = "kind IN ('x509', 'openpgp')"
 
 
 def _canonical_owners(store: SQLiteKeyStore) -> None:
@@ -113,6 +114,35 @@ MIGRATIONS = [
         policy TEXT NOT NULL CHECK (policy IN ('signed', 'sealed', 'any')),
         updated INTEGER NOT NULL
     );
+    """,
+    # 4: certificates of partners without mailseal (S/MIME "x509", OpenPGP
+    # "openpgp") and our own keys of those kinds, beside the age keys.
+    """
+    CREATE TABLE keys_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL CHECK (scope IN ('local', 'remote')),
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519',
+                                           'x509', 'openpgp')),
+        recipient TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        secret BLOB,
+        label TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER,
+        retired INTEGER,
+        revoked INTEGER,
+        reason TEXT,
+        CHECK ((scope = 'local') = (secret IS NOT NULL)),
+        UNIQUE (scope, owner, recipient)
+    );
+    INSERT INTO keys_new SELECT id, scope, owner, kind, recipient, fingerprint, secret, label, source, created,
+        expires, retired, revoked, reason FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_new RENAME TO keys;
+    CREATE INDEX keys_owner ON keys (owner, scope);
+    CREATE INDEX keys_fingerprint ON keys (fingerprint);
     """,
 ]
 
@@ -421,6 +451,63 @@ class SQLiteKeyStore:
                 f"SELECT recipient FROM keys WHERE owner = ? AND {_SIGNING} AND revoked IS NULL "
                 "AND (expires IS NULL OR expires > ?) ORDER BY id DESC", (owner, int(self._clock()))).fetchall()
         return tuple(signing.parse_verify_key(text) for (text,) in rows)
+
+    def partner_certificates_for(self, address: Address) -> dict[str, list[str]]:
+        """{kind: [certificate text]} of the most specific owner with usable
+        S/MIME or OpenPGP certificates (never revoked or expired ones). Asked
+        only for recipients without an age key, so the age path costs nothing more."""
+        return self._cached(("partner-certs", address), lambda: self._partner_certificates_for(address))
+
+    def _partner_certificates_for(self, address: Address) -> dict[str, list[str]]:
+        rows = self._select_first_owner(
+            f"SELECT owner, kind, recipient FROM keys WHERE scope = 'remote' AND {_PARTNER} "
+            "AND owner IN ({owners}) AND revoked IS NULL AND (expires IS NULL OR expires > ?) ORDER BY id",
+            self._owners(address), int(self._clock()))
+        out: dict[str, list[str]] = {}
+        for _, kind, text in rows:
+            out.setdefault(kind, []).append(text)
+        return out
+
+    def partner_certificate_expired(self, address: Address) -> bool:
+        """True when the most specific owner holds S/MIME or OpenPGP certificates
+        and all of them are expired (not revoked): the RCPT reply says so."""
+        rows = self._select_first_owner(
+            f"SELECT owner, expires FROM keys WHERE scope = 'remote' AND {_PARTNER} AND owner IN ({{owners}}) "
+            "AND revoked IS NULL", self._owners(address))
+        now = int(self._clock())
+        return bool(rows) and all(expires is not None and expires <= now for _, expires in rows)
+
+    def partner_secrets_for(self, address: Address) -> list[tuple[str, str, bytes]]:
+        """(kind, public text, secret) of every local S/MIME or OpenPGP key that
+        may open mail for the address, most specific owner first (expired and
+        revoked included: mail sealed to them may still be in flight)."""
+        return list(self._cached(("partner-secrets", address), lambda: self._partner_secrets_for(address)))
+
+    def _partner_secrets_for(self, address: Address) -> tuple[tuple[str, str, bytes], ...]:
+        owners = self._owners(address)
+        marks = ",".join("?" * len(owners))
+        with _sqlite_errors(self.path):
+            rows = self._db.execute(
+                f"SELECT owner, kind, recipient, secret FROM keys WHERE scope = 'local' AND {_PARTNER} "
+                f"AND owner IN ({marks}) ORDER BY id DESC", owners).fetchall()
+        rank = {owner: i for i, owner in enumerate(owners)}
+        rows.sort(key=lambda r: rank[r[0]])
+        return tuple((kind, public, self.master().open(secret, _identity_context(owner, public)))
+                     for owner, kind, public, secret in rows)
+
+    def import_partner_key(self, owner: str, kind: str, public: str, *, secret: bytes | None = None,
+                           label: str = "", source: str = "imported", expires: int | None = None) -> KeyRecord:
+        """An S/MIME or OpenPGP certificate (remote), or with `secret` our own key
+        of that kind (local, the secret sealed under the master key)."""
+        if kind not in PARTNER_KINDS:
+            raise KeystoreError(f"partner key kind must be one of {', '.join(PARTNER_KINDS)}")
+        owner = _owner(owner)
+        sealed = None
+        if secret is not None:
+            sealed = self.master().seal(secret, _identity_context(owner, public))
+        with self._write():
+            return self._insert(LOCAL if secret is not None else REMOTE, owner, public, kind, sealed, label,
+                                source, expires)
 
     def inbound_policy_for(self, address: Address) -> tuple[str, str] | None:
         """(owner, policy) of the most specific inbound policy for a sender."""
