@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .. import age, authenticity, bundle, headerfilter, opening, replay
+from .. import age, authenticity, bundle, headerfilter, opening, partner_opening, replay
 from ..keystore import KeystoreError, fingerprint
-from . import replies
+from . import partner_inbound, replies
 from .handler import BaseHandler, log, message_id, queue_id
 from .relay import Envelope
 from .replies import Reply
@@ -108,6 +108,17 @@ class InboundHandler(BaseHandler):
         try:
             parts = bundle.split(message)
         except bundle.NotSealed:
+            form = partner_opening.labelled_format(message)
+            if form is not None:  # S/MIME or PGP/MIME: opened here for local users whose keys we hold
+                try:
+                    handled = await partner_inbound.handle(self, server, envelope, session, rcpts, message, form,
+                                                           smtputf8, eight_bit)
+                except KeystoreError as exc:
+                    log.error("%s inbound: keystore: %s", qid, exc)
+                    return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
+                if handled is not None:
+                    self.log_message(qid, envelope, handled[0], handled[1], started, mid)
+                    return self.finish(server, rcpts, handled[1])
             try:
                 self._admit(authenticity.from_address(message), None)
             except Refusal as refusal:
