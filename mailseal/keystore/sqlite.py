@@ -36,7 +36,38 @@ def _canonical_owners(store: SQLiteKeyStore) -> None:
     canonical.canonicalise_owners(store._db, store._reseal, store._audit)
 
 
-# Each entry moves the schema one version up; never edit a released one.
+def _widen_kinds(kinds: str) -> str:
+    """The keys table rebuilt with a wider kind CHECK (SQLite cannot alter one)."""
+    return f"""
+    CREATE TABLE keys_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL CHECK (scope IN ('local', 'remote')),
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ({kinds})),
+        recipient TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        secret BLOB,
+        label TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER,
+        retired INTEGER,
+        revoked INTEGER,
+        reason TEXT,
+        CHECK ((scope = 'local') = (secret IS NOT NULL)),
+        UNIQUE (scope, owner, recipient)
+    );
+    INSERT INTO keys_new SELECT id, scope, owner, kind, recipient, fingerprint, secret, label, source, created,
+        expires, retired, revoked, reason FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_new RENAME TO keys;
+    CREATE INDEX keys_owner ON keys (owner, scope);
+    CREATE INDEX keys_fingerprint ON keys (fingerprint);
+    """
+
+
+# Each entry moves the schema one version up; never edit a released one
+# (migration 3 is written through _widen_kinds: the same statements as released).
 # An entry is SQL, or a function of the store run inside the same transaction.
 MIGRATIONS = [
     """
@@ -84,31 +115,7 @@ MIGRATIONS = [
     _canonical_owners,  # 2: owners in canonical form (keystore/canonical.py)
     # 3: signing keys live beside encryption keys (a wider kind); inbound
     # policy per sending domain. SQLite cannot widen a CHECK in place.
-    """
-    CREATE TABLE keys_new (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        scope TEXT NOT NULL CHECK (scope IN ('local', 'remote')),
-        owner TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519')),
-        recipient TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        secret BLOB,
-        label TEXT NOT NULL DEFAULT '',
-        source TEXT NOT NULL,
-        created INTEGER NOT NULL,
-        expires INTEGER,
-        retired INTEGER,
-        revoked INTEGER,
-        reason TEXT,
-        CHECK ((scope = 'local') = (secret IS NOT NULL)),
-        UNIQUE (scope, owner, recipient)
-    );
-    INSERT INTO keys_new SELECT id, scope, owner, kind, recipient, fingerprint, secret, label, source, created,
-        expires, retired, revoked, reason FROM keys;
-    DROP TABLE keys;
-    ALTER TABLE keys_new RENAME TO keys;
-    CREATE INDEX keys_owner ON keys (owner, scope);
-    CREATE INDEX keys_fingerprint ON keys (fingerprint);
+    _widen_kinds("'mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519'") + """
     CREATE TABLE inbound_policies (
         owner TEXT PRIMARY KEY,
         policy TEXT NOT NULL CHECK (policy IN ('signed', 'sealed', 'any')),
@@ -117,33 +124,7 @@ MIGRATIONS = [
     """,
     # 4: certificates of partners without mailseal (S/MIME "x509", OpenPGP
     # "openpgp") and our own keys of those kinds, beside the age keys.
-    """
-    CREATE TABLE keys_new (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        scope TEXT NOT NULL CHECK (scope IN ('local', 'remote')),
-        owner TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519',
-                                           'x509', 'openpgp')),
-        recipient TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        secret BLOB,
-        label TEXT NOT NULL DEFAULT '',
-        source TEXT NOT NULL,
-        created INTEGER NOT NULL,
-        expires INTEGER,
-        retired INTEGER,
-        revoked INTEGER,
-        reason TEXT,
-        CHECK ((scope = 'local') = (secret IS NOT NULL)),
-        UNIQUE (scope, owner, recipient)
-    );
-    INSERT INTO keys_new SELECT id, scope, owner, kind, recipient, fingerprint, secret, label, source, created,
-        expires, retired, revoked, reason FROM keys;
-    DROP TABLE keys;
-    ALTER TABLE keys_new RENAME TO keys;
-    CREATE INDEX keys_owner ON keys (owner, scope);
-    CREATE INDEX keys_fingerprint ON keys (fingerprint);
-    """,
+    _widen_kinds("'mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519', 'x509', 'openpgp'"),
 ]
 
 _COLUMNS = ("id, scope, owner, kind, recipient, fingerprint, label, source, created, expires, "
