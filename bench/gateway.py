@@ -17,6 +17,11 @@ the same messages through, in the same run:
   seal-1s     seal-1, signed with the sender domain's hybrid signing key
               (Ed25519 + ML-DSA-65)
   open-s      open, of bundles signed by a.test, verified against its key
+  seal-smime  seal-1 for a partner without mailseal: an S/MIME copy (RSA-2048)
+  seal-pgp    seal-1 for a partner without mailseal: a PGP/MIME copy (Curve25519)
+  open-smime  bench/drive.py -> mailseal inbound, opening S/MIME for a local
+              user whose PKCS#12 key it holds (no replay cache: no serial)
+  open-pgp    the same for PGP/MIME and a local OpenPGP secret key
 
 seal-N and open take bench/drive.py, a driver like smtp-source -d -s 10 that
 sends a different recipient and message in every transaction, which
@@ -47,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailseal import age, bundle, signing  # noqa: E402
+from mailseal import age, bundle, openpgp, signing, smime  # noqa: E402
 from mailseal.keystore import parse_cards  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -203,6 +208,14 @@ def main() -> int:
         (work / "a.sign").write_text(str(a_signer.public()) + "\n")
         ms(b_cfg, "keys", "import", "@a.test", str(work / "a.sign"))
 
+        # Partners without mailseal: A holds an S/MIME and an OpenPGP
+        # certificate; B holds the matching secret keys for its own users.
+        smime_key, pgp_key = partner_keys(work)
+        ms(seal_cfg, "keys", "import", "smime@c.test", str(work / "smime.pem"))
+        ms(seal_cfg, "keys", "import", "pgp@d.test", str(work / "pgp.asc"))
+        ms(b_cfg, "keys", "import-secret", "smime@b.test", str(work / "smime.p12"))
+        ms(b_cfg, "keys", "import-secret", "pgp@b.test", str(work / "pgp.key"))
+
         results: dict = {"machine": machine(), "sessions": SESSIONS, "workers": args.workers, "sizes": {}}
         for label in args.sizes.split(","):
             size = SIZES[label]
@@ -222,6 +235,13 @@ def main() -> int:
             files["open-s"] = work / f"{label}-open-s.jobs"
             driver.write_jobs(files["open-s"], [(r, bundle.seal(one, [domain_key], bind=[r], eol=b"\r\n",
                                                                 signer=("a.test", a_signer))) for r in rcpts])
+            for name, seal_copy, rcpt in (("open-smime", lambda m: smime.seal(m, [smime_key.certificate]),
+                                           "smime@b.test"),
+                                          ("open-pgp", lambda m: openpgp.seal(m, [pgp_key.extract_certificate()]),
+                                           "pgp@b.test")):
+                files[name] = work / f"{label}-{name}.jobs"
+                copy = seal_copy(message(size, [rcpt]))
+                driver.write_jobs(files[name], [(rcpt, copy)] * count)
             scenarios = {
                 "ceiling": (None, lambda port: run.source(port, files["one"], count, to="bob@b.test")),
                 "baseline": ("baseline", lambda port: run.source(port, files["one"], count, to="bob@b.test")),
@@ -232,6 +252,10 @@ def main() -> int:
                 "seal-N": (seal_cfg, lambda port: run.drive(port, files["seal-N"])),
                 "open": (b_cfg, lambda port: run.drive(port, files["open"])),
                 "open-s": (b_cfg, lambda port: run.drive(port, files["open-s"])),
+                "seal-smime": (seal_cfg, lambda port: run.source(port, files["one"], count, to="smime@c.test")),
+                "seal-pgp": (seal_cfg, lambda port: run.source(port, files["one"], count, to="pgp@d.test")),
+                "open-smime": (b_cfg, lambda port: run.drive(port, files["open-smime"])),
+                "open-pgp": (b_cfg, lambda port: run.drive(port, files["open-pgp"])),
             }
             row = {}
             for name, (target, drive) in scenarios.items():
@@ -257,6 +281,32 @@ def main() -> int:
             p.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def partner_keys(work: Path):
+    """An RSA-2048 S/MIME identity and an OpenPGP key, written where the CLI imports them."""
+    import datetime
+
+    import pysequoia
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, "smime@b.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    (work / "smime.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (work / "smime.p12").write_bytes(pkcs12.serialize_key_and_certificates(b"b", key, cert, None,
+                                                                          serialization.NoEncryption()))
+    pgp = pysequoia.Tsk.generate("Pgp <pgp@b.test>", profile=pysequoia.Profile.RFC4880)
+    (work / "pgp.asc").write_text(str(pgp.extract_certificate()))
+    (work / "pgp.key").write_bytes(bytes(pgp))
+    return smime.Identity(cert, key), pgp
 
 
 def measure(target, drive, sink_port: int, env) -> dict:
