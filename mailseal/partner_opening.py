@@ -45,7 +45,7 @@ def labelled_format(message: bytes) -> str | None:
 @dataclass(frozen=True)
 class Opened:
     message: bytes = field(repr=False)
-    key: str  # which local key opened it: certificate subject, or OpenPGP fingerprint
+    key: str  # the key id the caller gave for the local key that opened it
     signature: str  # UNSIGNED, SIGNED_BY, NOT_CHECKED
     signers: tuple[str, ...] = ()  # OpenPGP fingerprints whose signatures verified
 
@@ -63,16 +63,16 @@ def _inner_signed(message: bytes) -> bool:
                                       headers.param("smime-type").lower() == "signed-data")
 
 
-def _open_one(message: bytes, form: str, key,
+def _open_one(message: bytes, form: str, key_id: str, key,
               signer_certificates: Callable[[list[str]], list] | None) -> Opened:
     if form == policy.SMIME:
-        done = smime.open_message(message, [key])
-        name = done.identity.certificate.subject.rfc4514_string()
-        return Opened(done.message, name, NOT_CHECKED if _inner_signed(done.message) else UNSIGNED)
-    done = openpgp.open_message(message, [key], signer_certificates)
-    if done.signers:
-        return Opened(done.message, done.fingerprint, SIGNED_BY, done.signers)
-    return Opened(done.message, done.fingerprint, NOT_CHECKED if _inner_signed(done.message) else UNSIGNED)
+        plaintext, signers = smime.open_message(message, [key]).message, ()
+    else:
+        done = openpgp.open_message(message, [key], signer_certificates)
+        plaintext, signers = done.message, done.signers
+    if signers:
+        return Opened(plaintext, key_id, SIGNED_BY, signers)
+    return Opened(plaintext, key_id, NOT_CHECKED if _inner_signed(plaintext) else UNSIGNED)
 
 
 def open_for(message: bytes, form: str, candidates: Mapping[str, Sequence[tuple[str, object]]],
@@ -89,7 +89,7 @@ def open_for(message: bytes, form: str, candidates: Mapping[str, Sequence[tuple[
             if key_id in results:
                 continue
             try:
-                results[key_id] = _open_one(message, form, key, signer_certificates)
+                results[key_id] = _open_one(message, form, key_id, key, signer_certificates)
             except NoKeyMatch:
                 results[key_id] = None
     refused = {rcpt: NO_MATCHING_KEY for rcpt, keys in candidates.items()

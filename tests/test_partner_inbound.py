@@ -66,7 +66,9 @@ def test_smime_from_openssl_opens_for_its_recipient(world):
     assert t.data[0] == 250, t
     [got] = world["final"].wait(1)
     head, _, rest = bytes(got.data).partition(b"\r\n")
-    assert head.startswith(b"Mailseal-Status: opened-smime; unsigned; key=")
+    listed = world["d"].cli("keys", "show", "bob@b.test")
+    key = head.decode().rpartition("key=")[2]
+    assert head == f"Mailseal-Status: opened-smime; unsigned; key={key}".encode() and key in listed
     assert rest == PLAIN
 
 
@@ -123,3 +125,14 @@ def test_recipients_without_keys_get_the_mail_as_it_came(world):
     assert send(world, ["zed@b.test"], sealed).data[0] == 250
     [got] = world["final"].wait(1)
     assert bytes(got.data) == sealed and got.rcpts == ["zed@b.test"]
+
+
+def test_signed_only_smime_is_not_taken_for_encrypted(world):
+    cert, key = write_pem(world["carol"], world["root"], "signer")
+    done = subprocess.run(["openssl", "smime", "-sign", "-nodetach", "-binary", "-signer", str(cert), "-inkey",
+                           str(key)], input=PLAIN, capture_output=True, timeout=60)
+    assert done.returncode == 0 and b"signed-data" in done.stdout
+    signed = done.stdout.replace(b"\n", b"\r\n")
+    assert send(world, ["bob@b.test"], signed).data[0] == 250
+    [got] = world["final"].wait(1)
+    assert bytes(got.data) == signed  # delivered as it came: nothing to open

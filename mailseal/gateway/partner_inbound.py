@@ -17,6 +17,7 @@ import asyncio
 from functools import lru_cache
 
 from .. import authenticity, headerfilter, partner_keys, partner_opening, policy
+from ..keystore import fingerprint
 from ..partner_errors import MalformedMessage, NotThisFormat, Tampered
 from . import replies
 
@@ -91,7 +92,7 @@ async def handle(handler, server, envelope, session, rcpts: list[str], message: 
         outcome.update(handler._refuse(envelope, session, [rcpt], message, refusal))
     opened = result.opened
     status = f"{partner_opening.SIGNED_BY}={','.join(opened.signers)}" if opened.signers else opened.signature
-    trace = f"opened-{form}; {status}; key={opened.key}"
+    trace = f"opened-{form}; {status}; key={fingerprint(opened.key)}"  # as `keys list` shows it
     inbound = handler.ctx.config.inbound
     pieces = delivered_pieces([opened.message], trace,
                                           headerfilter.for_opened_mail(inbound.strip_headers))
