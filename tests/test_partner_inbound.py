@@ -12,7 +12,7 @@ from mailseal import openpgp, protect, smime
 
 from .conftest import run_cli
 from .harness import Daemon, Sink, smtp_transaction
-from .partner_keys import MESSAGES, gnupg_home, gpg_keys, pem, rsa_identity, write_pem
+from .partner_keys import MESSAGES, gnupg_home, gpg_keys, rsa_identity, write_pem
 from .test_openpgp import THUNDERBIRD_INNER, _thunderbird
 
 PLAIN = MESSAGES["plain"]

@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from mailseal import openpgp, partner_keys, smime
 from mailseal.addresses import parse_address
 from mailseal.keystore import MasterKeySource, SQLiteKeyStore
-from tests.partner_keys import MESSAGES, ec_certificate, gnupg_home, gpg_keys, issued, pem, rsa_identity
+from tests.partner_keys import MESSAGES, ec_certificate, gpg_keys, issued, pem, rsa_identity
 from tests.test_cli_keys import fails, ms, ok
 
 
