@@ -117,7 +117,7 @@ class InboundHandler(BaseHandler):
                     log.error("%s inbound: keystore: %s", qid, exc)
                     return self.finish(server, rcpts, dict.fromkeys(rcpts, replies.KEYSTORE_UNAVAILABLE))
                 if handled is not None:
-                    self.log_message(qid, envelope, handled[0], handled[1], started, mid)
+                    self.log_message(qid, server, session, envelope, handled[0], handled[1], started, mid)
                     return self.finish(server, rcpts, handled[1])
             try:
                 self._admit(authenticity.from_address(message), None)
