@@ -103,3 +103,12 @@ def test_require_with_only_an_expired_certificate_is_refused_at_rcpt(world):
     t = smtp_transaction(world["d"].outbound_port, "alice@a.test", ["nobody@c.test"], MESSAGE)
     assert t.rcpts[0][0] == 550 and b"no usable key" in t.rcpts[0][1]
     assert world["wire"].messages == [] or all(SECRET not in m.data for m in world["wire"].messages)
+
+
+def test_explain_names_the_format_and_the_certificate(world):
+    said = world["d"].cli("explain", "frank@e.test")
+    assert "outbound:       seal (S/MIME)" in said and "x509" in said
+    said = world["d"].cli("explain", "eve@d.test")
+    assert "outbound:       seal (PGP/MIME)" in said
+    said = world["d"].cli("explain", "ceo@b.test")
+    assert "seal (post-quantum)" in said and "passed over:" in said  # its S/MIME certificate
