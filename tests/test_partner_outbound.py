@@ -4,6 +4,7 @@ clear, expired certificates refused at RCPT."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 
 import pytest
@@ -52,7 +53,11 @@ def world(tmp_path_factory):
         d.cli("keys", "import", "eve@d.test", files["eve"])  # OpenPGP comes before S/MIME by default
         d.cli("keys", "import", "frank@e.test", files["frank-pgp"])
         d.cli("keys", "import", "frank@e.test", files["frank"])  # e.test prefers S/MIME
-        d.cli("keys", "import", "gina@c.test", files["gina"], "--expires", "2020-01-01")
+        d.cli("keys", "import", "gina@c.test", files["gina"])
+        # Time passes: gina's certificate has expired (as if its notAfter had come).
+        with sqlite3.connect(d.dir / "state" / "keystore.sqlite3") as db:
+            db.execute("UPDATE keys SET expires = 1600000000 WHERE owner = 'gina@c.test'")
+        db.close()
         for owner in ("@b.test", "@c.test", "@d.test", "@e.test"):
             d.cli("policy", "set", owner, "require")
         d.start()
