@@ -136,3 +136,23 @@ def test_signed_only_smime_is_not_taken_for_encrypted(world):
     assert send(world, ["bob@b.test"], signed).data[0] == 250
     [got] = world["final"].wait(1)
     assert bytes(got.data) == signed  # delivered as it came: nothing to open
+
+
+def test_refusals_follow_on_failure_quarantine(tmp_path, world):
+    """A tampered S/MIME message for a local key is quarantined, not delivered, under on_failure = quarantine."""
+    p12 = world["root"] / "bob.p12"
+    with Sink() as final:
+        q = Daemon(tmp_path / "q", inbound={"next_hop": f"127.0.0.1:{final.port}", "on_failure": "quarantine"})
+        done = run_cli("-c", str(q.config), "keys", "import-secret", "bob@b.test", str(p12), "--password-env", "PW",
+                       env={"PW": "pw"})
+        assert done.returncode == 0, done.stderr
+        q.start()
+        try:
+            sealed = smime.seal(PLAIN, [world["bob"].certificate])
+            t = smtp_transaction(q.inbound_port, "alice@a.test", ["bob@b.test"], sealed[: len(sealed) // 2])
+            assert t.data[0] == 250 and b"quarantined as " in t.data[1] and b"(malformed)" in t.data[1], t
+            listed = q.cli("quarantine", "list")
+            assert "malformed" in listed and "bob@b.test" in listed
+            assert final.messages == []
+        finally:
+            q.stop()
