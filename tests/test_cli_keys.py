@@ -274,3 +274,19 @@ def test_locked_keystore_is_one_line_exit_2(cfg):
         blocker.execute("ROLLBACK")
         blocker.close()
     assert json.loads(ok(ms(cfg, "policy", "list", "--json")))[0]["policy"] == "plain"
+
+
+def test_master_key_kind_that_does_not_match_the_keystore_is_one_line_exit_2(tmp_path, cfg):
+    """A file-keyed keystore opened with passphrase_env, and the reverse: no traceback."""
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    by_passphrase = tmp_path / "passphrase.toml"
+    by_passphrase.write_text('[keystore]\npath = "state/keystore.sqlite3"\npassphrase_env = "MS_PASS"\n')
+    result = run_cli("-c", str(by_passphrase), "keys", "generate", "carol@x.test", env={"MS_PASS": "secret"})
+    fails(result, "made with a master key file, not a passphrase")
+    other = tmp_path / "other.toml"
+    other.write_text('[keystore]\npath = "p/keystore.sqlite3"\npassphrase_env = "MS_PASS"\n')
+    ok(run_cli("-c", str(other), "keys", "generate", "dave@p.test", env={"MS_PASS": "secret"}))
+    by_file = tmp_path / "file.toml"
+    by_file.write_text('[keystore]\npath = "p/keystore.sqlite3"\nmaster_key_file = "state/master.key"\n')
+    fails(run_cli("-c", str(by_file), "keys", "generate", "erin@p.test"), "made with a passphrase")
+    assert len(json.loads(ok(ms(cfg, "keys", "list", "--json")))) == 1

@@ -97,12 +97,19 @@ def from_passphrase(env: str, salt: bytes) -> bytes:
 
 
 def load(source: Source, salt: bytes | None, creating: bool) -> bytes:
+    """The master key; salt is the keystore's Argon2id salt (None: not passphrase-made)."""
+    if source.passphrase_env:
+        if salt is None:
+            raise MasterKeyError("this keystore was made with a master key file, not a passphrase: "
+                                 "set master_key_file instead of passphrase_env in [keystore]")
+        return from_passphrase(source.passphrase_env, salt)
+    if salt is not None:
+        raise MasterKeyError(f"this keystore was made with a passphrase, but {source.describe} is "
+                             "configured: set passphrase_env instead of master_key_file in [keystore]")
     if source.credential:
         return _read_file(source.credential)
-    if source.passphrase_env:
-        assert salt is not None
-        return from_passphrase(source.passphrase_env, salt)
-    assert source.file is not None
+    if source.file is None:
+        raise MasterKeyError("no master key configured: set master_key_file or passphrase_env in [keystore]")
     if creating and not source.file.exists():
         return create_file(source.file)
     return _read_file(source.file)
