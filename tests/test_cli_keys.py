@@ -330,3 +330,19 @@ def test_master_key_kind_that_does_not_match_the_keystore_is_one_line_exit_2(tmp
     by_file.write_text('[keystore]\npath = "p/keystore.sqlite3"\nmaster_key_file = "state/master.key"\n')
     fails(run_cli("-c", str(by_file), "keys", "generate", "erin@p.test"), "made with a passphrase")
     assert {k["owner"] for k in json.loads(ok(ms(cfg, "keys", "list", "--json")))} == {"bob@x.test"}
+
+
+def test_an_older_copy_put_back_by_hand_is_refused_a_restore_on_purpose_is_not(tmp_path, cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    ok(ms(cfg, "keys", "backup", str(tmp_path / "ks.bak")))
+    db = cfg.parent / "state" / "keystore.sqlite3"
+    with sqlite3.connect(db) as live, sqlite3.connect(tmp_path / "old.sqlite3") as copy:
+        live.backup(copy)
+    ok(ms(cfg, "policy", "set", "@x.test", "require"))  # what the rollback would undo
+    (tmp_path / "old.sqlite3").replace(db)
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    fails(ms(cfg, "keys", "audit", "--verify"), "is older than its head file", status=1)
+    assert "restored" in ok(ms(cfg, "keys", "restore", str(tmp_path / "ks.bak"), "--force"))
+    assert "audit log intact" in ok(ms(cfg, "keys", "audit", "--verify"))
+    assert "keystore.restore" in ok(ms(cfg, "keys", "audit")).splitlines()[-1]

@@ -533,12 +533,25 @@ class SQLiteKeyStore:
                 return self._accepted
             broken = audit.first_broken(audit_entries(db), ledger.keyed.entry)
             self._audit("keystore.accept", str(self.path), {"problem": problem})
-            witness = ledger.reseal(broken[0] if broken else None)
             self._set_check_value()
+            # Before the commit: a daemon that sees the change then finds the head file
+            # already following it (and if it cannot be written, nothing is accepted).
+            self._update_head_file(ledger.reseal(broken[0] if broken else None), required=True)
         self._master_problem = None
         self._verified_version = None
-        self._update_head_file(witness, required=True)
         return problem
+
+    def restored(self, detail: dict) -> None:
+        """A keystore put back on purpose (`keys restore`): it must verify in itself;
+        the audit log records the restore and the head file follows it."""
+        ledger = self._ledger()
+        try:
+            with self._named(), self._write():
+                self._record = ledger.check(full=True)
+                self._audit("keystore.restore", str(self.path), detail)
+                self._update_head_file(ledger.save(self._record), required=True)  # before the commit
+        finally:
+            self._record = None
 
     # --- lookups (the mail path) ----------------------------------------------
 
