@@ -144,7 +144,7 @@ def check_keystore(cfg: config_mod.Config, report: Report, now: float) -> None:
         return
     try:
         with open_keystore(ks, create=False) as store:
-            store.master()
+            store.verify()  # the master key, and nothing changed without it
             records = store.list_keys()
     except KeystoreError as exc:
         report.problem(str(exc))

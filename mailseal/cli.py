@@ -386,6 +386,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = cli_keys.load_config(args)
     with cli_keys.open_store(args, create=False) as store:
         try:
+            store.verify(full=False)  # what the daemon would refuse to use, said once
             found = explain.explain(store, address, cfg.outbound, cfg.keystore.parent_domains)
         except KeystoreError as exc:
             raise UserError(str(exc)) from None

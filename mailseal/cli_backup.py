@@ -65,6 +65,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except KeystoreError as exc:
         raise UserError(str(exc)) from None
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(summary.created))
+    # An older copy on purpose: recorded, and the head file follows it (docs/OPERATIONS.md, Integrity).
+    with cli_keys.open_store(args, create=False) as store:
+        try:
+            store.restored({"backup": str(args.file), "taken": summary.created})
+        except KeystoreError as exc:
+            raise UserError(str(exc)) from None
     print(f"restored {cfg.keystore.path} from {args.file} (backup of {summary.source} taken {when}): "
           f"{summary.keys} keys, {summary.policies} policies; they open with {source.describe}")
     return 0

@@ -1,7 +1,9 @@
 """`mailseal keys …` and `mailseal policy …`: the administrator's key management.
 
-Every failure is a UserError (one line, exit status 2), except a broken audit
-chain under `keys audit --verify`, which is a refusal (exit status 1).
+Every failure is a UserError (one line, exit status 2), except a keystore
+changed without the master key under `keys audit --verify`, which is a
+refusal (exit status 1). Such a keystore refuses every change; the listing
+commands still show it, with a warning.
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
         raise UserError(str(exc)) from None
 
 
-def _store(args: argparse.Namespace, create: bool) -> SQLiteKeyStore:
-    from .keystore import KeystoreError, open_keystore, resolve_master_key
+def _store(args: argparse.Namespace, create: bool, *, accept: bool = False,
+           tampered: type[Exception] = UserError) -> SQLiteKeyStore:
+    from .keystore import KeystoreError, Tampered, open_keystore, resolve_master_key
 
     cfg = load_config(args)
     creating = create and not cfg.keystore.path.exists()
     try:
-        store = open_keystore(cfg.keystore, create=create, actor=f"cli:{_user()}")
+        store = open_keystore(cfg.keystore, create=create, actor=f"cli:{_user()}", accept=accept)
+    except Tampered as exc:
+        raise tampered(str(exc)) from None
     except KeystoreError as exc:
         if not create and not cfg.keystore.path.exists():
             raise UserError(f"keystore {cfg.keystore.path} does not exist (check [keystore] path; "
@@ -125,11 +130,20 @@ table = _table  # the quarantine listing uses it too
 open_store = _store  # and `explain`
 
 
-def _run(args: argparse.Namespace, create: bool, action):
-    from .keystore import KeystoreError
+def _run(args: argparse.Namespace, create: bool, action, *, listing: bool = False, accept: bool = False):
+    """action(store), on a keystore checked first (keystore.verify): a change is refused
+    if it was changed without the master key; listing shows it all the same, with a warning."""
+    from .keystore import KeystoreError, Tampered
 
-    with _store(args, create) as store:
+    with _store(args, create, accept=accept) as store:
         try:
+            if not accept:
+                try:
+                    store.verify(full=False)
+                except Tampered as exc:
+                    if not listing:
+                        raise UserError(f"{exc} (see `mailseal keys audit --verify`)") from None
+                    print(f"mailseal: warning: {exc}", file=sys.stderr)
             return action(store)
         except KeystoreError as exc:
             raise UserError(str(exc)) from None
@@ -146,7 +160,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         store.master()  # an existing keystore must open with the configured master key
         return len(store.list_keys()), len(store.list_policies()) + len(store.list_inbound_policies())
 
-    keys, policies = _run(args, True, describe)
+    keys, policies = _run(args, True, describe, listing=True)
     if existed:
         print(f"keystore {cfg.keystore.path} exists already ({keys} keys, {policies} policies); nothing changed")
     else:
@@ -265,7 +279,7 @@ def _listed(args: argparse.Namespace, records: list[KeyRecord]) -> list[KeyRecor
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    records = _listed(args, _run(args, False, lambda s: s.list_keys()))
+    records = _listed(args, _run(args, False, lambda s: s.list_keys(), listing=True))
     _warn_expiry(args, records)
     if args.json:
         json.dump([r.as_dict() for r in records], sys.stdout, indent=2)
@@ -281,7 +295,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     target = _target(args.target)
-    records = _run(args, False, lambda s: s.find(target))
+    records = _run(args, False, lambda s: s.find(target), listing=True)
     if not records:
         raise UserError(f"no key matches {args.target}")
     for r in records:
@@ -370,16 +384,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .keystore.audit import first_broken
+    from .keystore import KeystoreError, Tampered
 
-    entries = _run(args, False, lambda s: s.audit_entries())
     if args.verify:
-        broken = first_broken(entries)
-        if broken:
-            raise Refused(f"audit log entry {broken[0]} {broken[1]}: the keystore was edited outside mailseal")
-        head = entries[-1].hash if entries else "-"
-        print(f"audit log intact: {len(entries)} entries, head {head}")
+        with _store(args, False, tampered=Refused) as store:
+            try:
+                record = store.verify()
+            except Tampered as exc:
+                raise Refused(str(exc)) from None
+            except KeystoreError as exc:
+                raise UserError(str(exc)) from None
+        print(f"audit log intact: {record.audit_seq} entries, head {record.audit_head}; "
+              f"{record.tallies['keys'].count} keys and {record.tallies['policies'].count} policies "
+              "as mailseal left them")
         return 0
+    if args.accept:
+        problem = _run(args, False, lambda s: s.accept(), accept=True)
+        print(f"accepted as it is now, recorded in the audit log: {problem}" if problem else
+              "nothing to accept: the keystore verifies")
+        return 0
+    entries = _run(args, False, lambda s: s.audit_entries(), listing=True)
     if args.json:
         json.dump([e.__dict__ for e in entries], sys.stdout, indent=2)
         print()
@@ -424,7 +448,7 @@ def cmd_policy_unset(args: argparse.Namespace) -> int:
 
 def cmd_policy_list(args: argparse.Namespace) -> int:
     if args.inbound:
-        rows = _run(args, False, lambda s: s.list_inbound_policies())
+        rows = _run(args, False, lambda s: s.list_inbound_policies(), listing=True)
         if args.json:
             json.dump([{"owner": o, "policy": p, "updated": u} for o, p, u in rows], sys.stdout, indent=2)
             print()
@@ -432,7 +456,7 @@ def cmd_policy_list(args: argparse.Namespace) -> int:
             print(_table([["SENDER", "INBOUND POLICY", "UPDATED"]] + [[o, p, _when(u)] for o, p, u in rows])
                   if rows else "no inbound policies set: mail from every sender is accepted as it comes (any)")
         return 0
-    rows = _run(args, False, lambda s: s.list_policies())
+    rows = _run(args, False, lambda s: s.list_policies(), listing=True)
     if args.json:
         json.dump([{"owner": o, "policy": p, "updated": u} for o, p, u in rows], sys.stdout, indent=2)
         print()
@@ -491,8 +515,12 @@ def add_commands(commands) -> None:
     p.add_argument("target", metavar="ADDRESS|@DOMAIN|FINGERPRINT")
     p.set_defaults(func=cmd_delete)
     p = keys.add_parser("audit", help="the audit log of every change")
-    p.add_argument("--verify", action="store_true", help="check the hash chain (exit 1 if broken)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--verify", action="store_true",
+                      help="check the keystore against its keyed integrity (exit 1 if changed without the master key)")
+    what.add_argument("--accept", action="store_true",
+                      help="after reviewing what --verify reports: accept the keystore as it is now")
+    what.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_audit)
 
     from . import cli_backup

@@ -36,6 +36,7 @@ class KeystoreConfig:
     # keys list, check-config and the daemon's daily log line warn this long
     # before a key in use expires
     expiry_warning: int = 14 * 86400
+    head_file: Path | None = None  # the audit log's head, outside the keystore (keystore/head.py)
 
 
 @dataclass(frozen=True)
@@ -315,11 +316,16 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         passphrase_env=ks.get("passphrase_env"),
         parent_domains=ks.get("parent_domains", False, bool),
         expiry_warning=parse_duration(ks.get("expiry_warning", "14d", (str, int)), ks.where("expiry_warning")),
+        head_file=ks.path("head_file", None),
     )
     if keystore.master_key_file is None and keystore.passphrase_env is None:
         keystore = dataclasses.replace(keystore, master_key_file=keystore.path.parent / "master.key")
     if keystore.master_key_file is not None and keystore.passphrase_env is not None:
         raise ConfigError("[keystore]: set master_key_file or passphrase_env, not both")
+    if keystore.head_file is None and keystore.master_key_file is not None:
+        # Beside the master key: where root writes and the daemon (and whoever
+        # can write only the keystore) cannot.
+        keystore = dataclasses.replace(keystore, head_file=keystore.master_key_file.with_name(keystore.path.stem + ".head"))
     ks.check_unknown()
 
     sv = _Section(data.get("server", {}), "server", base)

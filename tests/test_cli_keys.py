@@ -14,6 +14,7 @@ import pytest
 
 from mailseal import age
 
+from . import tamper
 from .conftest import ROOT, run_cli
 
 
@@ -164,6 +165,45 @@ def test_audit_verify_catches_a_hand_edit(cfg):
     fails(ms(cfg, "keys", "audit", "--verify"), "audit log entry 3 was altered", status=1)
 
 
+def _victim(cfg) -> dict:
+    """The keystore of tamper.victim, made through the API at the paths cfg names."""
+    from mailseal import config
+    from mailseal.keystore import open_keystore
+
+    with open_keystore(config.load(cfg).keystore, actor="test") as store:
+        return tamper.victim(store)
+
+
+@pytest.mark.parametrize("attack, problem", tamper.ATTACKS, ids=tamper.ids(tamper.ATTACKS))
+def test_audit_verify_names_what_was_changed_without_the_master_key(cfg, attack, problem):
+    victim = _victim(cfg)
+    db = cfg.parent / "state" / "keystore.sqlite3"
+    assert "audit log intact: 7 entries" in ok(ms(cfg, "keys", "audit", "--verify"))
+    attack(db, victim)
+    result = ms(cfg, "keys", "audit", "--verify")
+    fails(result, problem, status=1)
+    assert result.stderr.decode() == f"mailseal: refused: keystore {db} was changed without the master key: {problem}\n"
+    # No change is made on top of it; the lists still show it, with a warning.
+    fails(ms(cfg, "policy", "set", "@b.test", "require"), "was changed without the master key")
+    if attack is not tamper.delete_integrity_record:  # that one does not even open
+        listed = ms(cfg, "policy", "list")
+        assert listed.returncode == 0 and "@b.test" in listed.stdout.decode()
+        assert listed.stderr.decode().startswith("mailseal: warning: keystore ")
+
+
+def test_audit_accept_after_review(cfg):
+    _victim(cfg)
+    db = cfg.parent / "state" / "keystore.sqlite3"
+    assert "nothing to accept" in ok(ms(cfg, "keys", "audit", "--accept"))
+    tamper.flip_policy_to_plain(db, {})
+    fails(ms(cfg, "keys", "audit", "--verify"), "policy for @b.test was added or changed", status=1)
+    out = ok(ms(cfg, "keys", "audit", "--accept"))
+    assert "recorded in the audit log: policy for @b.test was added or changed" in out
+    assert "audit log intact: 8 entries" in ok(ms(cfg, "keys", "audit", "--verify"))
+    assert "keystore.accept" in ok(ms(cfg, "keys", "audit")).splitlines()[-1]
+    fails(ms(cfg, "keys", "audit", "--verify", "--accept"), "not allowed with argument")
+
+
 def test_missing_master_key_and_corrupt_database(cfg):
     ok(ms(cfg, "keys", "generate", "bob@x.test"))
     master = cfg.parent / "state" / "master.key"
@@ -274,3 +314,35 @@ def test_locked_keystore_is_one_line_exit_2(cfg):
         blocker.execute("ROLLBACK")
         blocker.close()
     assert json.loads(ok(ms(cfg, "policy", "list", "--json")))[0]["policy"] == "plain"
+
+
+def test_master_key_kind_that_does_not_match_the_keystore_is_one_line_exit_2(tmp_path, cfg):
+    """A file-keyed keystore opened with passphrase_env, and the reverse: no traceback."""
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    by_passphrase = tmp_path / "passphrase.toml"
+    by_passphrase.write_text('[keystore]\npath = "state/keystore.sqlite3"\npassphrase_env = "MS_PASS"\n')
+    result = run_cli("-c", str(by_passphrase), "keys", "generate", "carol@x.test", env={"MS_PASS": "secret"})
+    fails(result, "made with a master key file, not a passphrase")
+    other = tmp_path / "other.toml"
+    other.write_text('[keystore]\npath = "p/keystore.sqlite3"\npassphrase_env = "MS_PASS"\n')
+    ok(run_cli("-c", str(other), "keys", "generate", "dave@p.test", env={"MS_PASS": "secret"}))
+    by_file = tmp_path / "file.toml"
+    by_file.write_text('[keystore]\npath = "p/keystore.sqlite3"\nmaster_key_file = "state/master.key"\n')
+    fails(run_cli("-c", str(by_file), "keys", "generate", "erin@p.test"), "made with a passphrase")
+    assert {k["owner"] for k in json.loads(ok(ms(cfg, "keys", "list", "--json")))} == {"bob@x.test"}
+
+
+def test_an_older_copy_put_back_by_hand_is_refused_a_restore_on_purpose_is_not(tmp_path, cfg):
+    ok(ms(cfg, "keys", "generate", "bob@x.test"))
+    ok(ms(cfg, "keys", "backup", str(tmp_path / "ks.bak")))
+    db = cfg.parent / "state" / "keystore.sqlite3"
+    with sqlite3.connect(db) as live, sqlite3.connect(tmp_path / "old.sqlite3") as copy:
+        live.backup(copy)
+    ok(ms(cfg, "policy", "set", "@x.test", "require"))  # what the rollback would undo
+    (tmp_path / "old.sqlite3").replace(db)
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    fails(ms(cfg, "keys", "audit", "--verify"), "is older than its head file", status=1)
+    assert "restored" in ok(ms(cfg, "keys", "restore", str(tmp_path / "ks.bak"), "--force"))
+    assert "audit log intact" in ok(ms(cfg, "keys", "audit", "--verify"))
+    assert "keystore.restore" in ok(ms(cfg, "keys", "audit")).splitlines()[-1]

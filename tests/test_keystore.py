@@ -18,11 +18,13 @@ from mailseal.keystore import (
     NotFound,
     SQLiteKeyStore,
     StoreUnavailable,
+    Tampered,
     fingerprint,
     parse_cards,
     render_card,
 )
-from mailseal.keystore.audit import first_broken
+
+from . import tamper
 
 
 class Clock:
@@ -209,22 +211,12 @@ def test_a_sealed_key_moved_to_another_owner_does_not_open(store, paths):
     db.execute("UPDATE keys SET secret = ? WHERE owner = 'mallory@x.test'", (secret,))
     db.commit()
     db.close()
-    with SQLiteKeyStore(paths[0], MasterKeySource(file=paths[1])) as fresh, pytest.raises(MasterKeyError):
-        fresh.identities_for(parse_address("mallory@x.test"))
-
-
-def test_audit_chain_detects_edits(store, paths):
-    store.generate("a@x.test")
-    store.set_policy("@x.test", "require")
-    assert first_broken(store.audit_entries()) is None
-    db = sqlite3.connect(paths[0])
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("UPDATE audit SET actor = 'someone else' WHERE seq = 2")
-    db.execute("DROP TRIGGER audit_no_update")  # what a deliberate editor would do
-    db.execute("UPDATE audit SET detail = '{\"policy\": \"plain\"}' WHERE seq = 3")
-    db.commit()
-    db.close()
-    assert first_broken(store.audit_entries()) == (3, "was altered")
+    with SQLiteKeyStore(paths[0], MasterKeySource(file=paths[1])) as fresh:
+        with pytest.raises(Tampered, match="key 2 of mallory@x.test .* was added or changed"):
+            fresh.identities_for(parse_address("mallory@x.test"))
+        # The sealed secret is bound to its owner too, under the row's MAC.
+        with pytest.raises(MasterKeyError, match="does not open"):
+            fresh.master().open(secret, b"mailseal identity v1\x00mallory@x.test\x00" + fresh.find("mallory@x.test")[0].recipient.encode())
 
 
 def test_live_changes_are_seen_by_another_open_store(store, paths):
@@ -283,3 +275,175 @@ def test_card_round_trip_and_damage(store):
     with pytest.raises(KeystoreError, match="fingerprint does not match"):
         parse_cards(damaged)
     assert parse_cards(record.recipient) is None
+
+
+# --- integrity: the attacker edits the file with sqlite3, without the master key -------
+
+@pytest.mark.parametrize("attack, problem", tamper.ATTACKS, ids=tamper.ids(tamper.ATTACKS))
+def test_every_edit_without_the_master_key_is_detected_and_never_used(paths, clock, attack, problem):
+    db, key = paths
+    with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock) as store:
+        victim = tamper.victim(store)
+        assert store.verify().audit_seq == 7
+        bob, carol = parse_address("bob@b.test"), parse_address("carol@b.test")
+        assert store.recipients_for(bob) == [victim["bob"].recipient()]
+        attack(db, victim)
+        # The running reader (the daemon's view): nothing it looks up is used.
+        for lookup in (lambda: store.recipients_for(bob), lambda: store.policy_for(carol)):
+            with pytest.raises(Tampered, match="was changed without the master key"):
+                lookup()
+        with pytest.raises(Tampered, match="was changed without the master key"):  # no change on top of it
+            store.set_policy("@b.test", "require")
+    try:  # a change by someone who has not verified: refused, or it leaves the edit detectable
+        with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock) as unaware:
+            unaware.import_recipient("dave@d.test", age.generate().recipient())
+    except Tampered:
+        pass
+    try:
+        with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock) as fresh:
+            fresh.verify()
+    except Tampered as exc:
+        assert str(exc) == f"keystore {db} was changed without the master key: {problem}"
+    else:
+        pytest.fail("the edit went unnoticed")
+
+
+def test_a_tampered_key_is_not_exported(paths, clock):
+    db, key = paths
+    with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock) as store:
+        record = store.generate("bob@b.test")
+        tamper.connect(db).execute("UPDATE keys SET recipient = ? WHERE id = ?",
+                                   (tamper.EVE_KEY, record.id)).connection.close()
+        with pytest.raises(Tampered, match=f"key {record.id} of bob@b.test"):
+            store.export("bob@b.test")
+
+
+def test_changes_through_the_keystore_keep_it_verifiable(store):
+    first = store.generate("bob@x.test")
+    store.generate("@x.test", classic=True)
+    store.rotate("bob@x.test")
+    store.import_many([("a@y.test", age.generate().recipient(), None), ("b@y.test", age.generate().recipient(), 5)])
+    store.revoke(first.fingerprint, "lost laptop")
+    store.delete("b@y.test")
+    store.set_policy("@y.test", "plain")
+    store.set_policy("@y.test", "require")
+    store.set_policy("a@y.test", "plain")
+    store.unset_policy("a@y.test")
+    record = store.verify()
+    assert (record.tallies["keys"].count, record.tallies["policies"].count) == (4, 1)
+    assert record.audit_seq == len(store.audit_entries()) == 13  # rotate: key.generate and key.rotate
+
+
+def test_an_older_copy_of_the_whole_file_is_caught_by_the_head_file(tmp_path, clock):
+    db, key, head_file = tmp_path / "ks.sqlite3", tmp_path / "master.key", tmp_path / "ks.head"
+    with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock, head_file=head_file) as store:
+        victim = tamper.victim(store)
+        old = tmp_path / "old.sqlite3"
+        with sqlite3.connect(old) as copy:
+            store._db.backup(copy)
+        store.revoke("bob@b.test", "compromised")  # the change the attacker wants undone
+    old.replace(db)
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    with SQLiteKeyStore(db, MasterKeySource(file=key), head_file=head_file) as rolled_back:
+        with pytest.raises(Tampered, match="older than its head file .* put back from an earlier copy"):
+            rolled_back.recipients_for(parse_address("bob@b.test"))
+    # Without the head file the copy is consistent in itself: what the docs say cannot be seen.
+    with SQLiteKeyStore(db, MasterKeySource(file=key)) as unwatched:
+        assert unwatched.recipients_for(parse_address("bob@b.test")) == [victim["bob"].recipient()]
+    # A deleted keystore is not silently replaced by an empty one either.
+    db.unlink()
+    with pytest.raises(StoreUnavailable, match="is missing, but its head file"):
+        SQLiteKeyStore(db, MasterKeySource(file=key), head_file=head_file)
+    assert not db.exists()
+
+
+def test_accept_after_review_records_the_problem_and_verifies_again(paths, clock):
+    db, key = paths
+    with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock) as store:
+        tamper.victim(store)
+    tamper.edit_old_entry_and_rechain(db, {})
+    tamper.flip_policy_to_plain(db, {})
+    with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock) as store:
+        assert store.accept() == "audit log entry 2 was altered"
+        assert store.verify().audit_seq == 8
+        assert store.policy_for(parse_address("x@b.test")) == ("@b.test", "plain")
+        last = store.audit_entries()[-1]
+        assert (last.action, last.detail) == ("keystore.accept", {"problem": "audit log entry 2 was altered"})
+        assert store.accept() is None
+    tamper.delete_integrity_record(db, {})
+    with pytest.raises(Tampered, match="integrity record was deleted"):
+        SQLiteKeyStore(db, MasterKeySource(file=key))
+    with SQLiteKeyStore(db, MasterKeySource(file=key), accept=True) as store:
+        assert store.accept() == "its integrity record was deleted"
+        store.verify()
+
+
+def _legacy_keystore(db, key, *, break_chain: bool = False) -> bytes:
+    """A keystore as mailseal wrote it before its integrity was keyed: schema 1, SHA-256 chain."""
+    import base64
+    import hashlib
+    import json
+
+    from mailseal.keystore.masterkey import MasterKey
+    from mailseal.keystore.sqlite import MIGRATIONS, _statements
+
+    master = os.urandom(32)
+    key.write_bytes(base64.b64encode(master) + b"\n")
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO meta VALUES ('master_key_check', ?)",
+                 (MasterKey(master).seal(b"", b"mailseal master key check v1"),))
+    bob = str(age.generate().recipient())
+    conn.execute("INSERT INTO keys (scope, owner, kind, recipient, fingerprint, source, created) "
+                 "VALUES ('remote', 'bob@b.test', 'mlkem768x25519', ?, ?, 'imported', 1)", (bob, fingerprint(bob)))
+    conn.execute("INSERT INTO policies VALUES ('@b.test', 'require', 1)")
+    prev = "0" * 64
+    for seq, (action, subject, detail) in enumerate([("keystore.create", str(db), {}),
+                                                     ("key.import", "bob@b.test", {"fingerprint": fingerprint(bob)}),
+                                                     ("policy.set", "@b.test", {"policy": "require"})], 1):
+        body = json.dumps([seq, 1, "old", action, subject, detail], sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
+        if break_chain and seq == 2:
+            subject = "someone@b.test"  # edited, chain not recomputed
+        conn.execute("INSERT INTO audit VALUES (?, 1, 'old', ?, ?, ?, ?, ?)",
+                     (seq, action, subject, json.dumps(detail), prev, digest))
+        prev = digest
+    conn.close()
+    return master
+
+
+def test_an_old_keystore_is_keyed_when_first_opened_with_the_master_key(paths, clock):
+    db, key = paths
+    _legacy_keystore(db, key)
+    before = [row[0] for row in sqlite3.connect(db).execute("SELECT hash FROM audit ORDER BY seq")]
+    with SQLiteKeyStore(db, MasterKeySource(file=key), clock=clock, actor="daemon") as store:
+        entries = store.audit_entries()
+        assert [e.action for e in entries] == ["keystore.create", "key.import", "policy.set", "keystore.upgrade"]
+        assert entries[-1].detail == {"schema": [1, 5], "integrity": "keyed under the master key"}
+        assert not set(before) & {e.hash for e in entries}  # re-keyed from the first entry
+        assert store.verify().tallies["keys"].count == 1
+        assert store.policy_for(parse_address("x@b.test")) == ("@b.test", "require")
+    tamper.flip_policy_to_plain(db, {})  # from now on an edit is caught
+    with SQLiteKeyStore(db, MasterKeySource(file=key)) as store, pytest.raises(Tampered, match="policy for @b.test"):
+        store.verify()
+
+
+def test_an_old_keystore_is_never_keyed_without_its_master_key_nor_over_a_broken_chain(paths, clock):
+    db, key = paths
+    master = _legacy_keystore(db, key, break_chain=True)
+    key.unlink()
+    with pytest.raises(MasterKeyError, match="missing"):
+        SQLiteKeyStore(db, MasterKeySource(file=key))
+    import base64
+
+    key.write_bytes(base64.b64encode(master))
+    with pytest.raises(Tampered, match="audit log entry 2 was altered \\(before the chain was keyed\\)"):
+        SQLiteKeyStore(db, MasterKeySource(file=key))
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1  # left as it was
+    with SQLiteKeyStore(db, MasterKeySource(file=key), accept=True) as store:
+        assert store.accept() == "audit log entry 2 was altered (before the chain was keyed)"
+        assert store.audit_entries()[-1].detail["accepted"] == "audit log entry 2 was altered (before the chain was keyed)"
+        store.verify()

@@ -67,7 +67,9 @@ def test_a_bundle_is_opened_again_once_its_key_is_back(tmp_path):
         state = q.dir / "state"
         for old in state.glob("keystore.sqlite3*"):
             old.unlink()
-        for name in ("keystore.sqlite3", "master.key"):
+        # The keystore, its master key and its head file, as the backup has them
+        # (without the head file the restored keystore would be taken for a rollback).
+        for name in ("keystore.sqlite3", "master.key", "keystore.head"):
             shutil.copy2(backup.dir / "state" / name, state / name)
 
         released = cli(q, "quarantine", "release", entry, "--open")

@@ -98,9 +98,8 @@ class PayloadDecryptor:
         self._done = False
         self._trailing = False
 
-    def _open(self, chunk: bytes | memoryview, final: bool) -> bytes:
-        assert self._aead is not None
-        out = self._aead.decrypt(_chunk_nonce(self._counter, final), chunk, None)
+    def _open(self, aead: ChaCha20Poly1305, chunk: bytes | memoryview, final: bool) -> bytes:
+        out = aead.decrypt(_chunk_nonce(self._counter, final), chunk, None)
         self._counter += 1
         self._done = final
         return out
@@ -113,6 +112,7 @@ class PayloadDecryptor:
                 return []
             self._aead = _payload_key(self._file_key, bytes(self._buffer[:NONCE_SIZE]))
             del self._buffer[:NONCE_SIZE]
+        aead = self._aead
         out = []
         taken = 0
         with memoryview(self._buffer) as view:
@@ -120,9 +120,9 @@ class PayloadDecryptor:
                 with view[taken : taken + ENCRYPTED_CHUNK_SIZE] as chunk:
                     try:
                         try:
-                            out.append(self._open(chunk, final=False))
+                            out.append(self._open(aead, chunk, final=False))
                         except InvalidTag:
-                            out.append(self._open(chunk, final=True))
+                            out.append(self._open(aead, chunk, final=True))
                     except InvalidTag:
                         raise AuthenticationError() from None
                 taken += ENCRYPTED_CHUNK_SIZE
@@ -149,7 +149,7 @@ class PayloadDecryptor:
         if len(rest) == TAG_SIZE and self._counter > 0:
             raise AuthenticationError()  # an empty final chunk after data
         try:
-            return self._open(rest, final=True)
+            return self._open(self._aead, rest, final=True)
         except InvalidTag:
             raise AuthenticationError() from None
 

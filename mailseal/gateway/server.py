@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import config as config_mod
 from .. import metrics as metrics_mod
-from ..keystore import SQLiteKeyStore, open_keystore
+from ..keystore import KeystoreError, SQLiteKeyStore, open_keystore
 from ..quarantine import Quarantine, quarantine_for
 from ..replay import ReplayCache, Window
 from . import instance
@@ -64,8 +64,13 @@ class Context:
         # Never created here: a typo in [keystore] path must stop the start,
         # not run on an empty keystore that seals nothing (`keys init` makes one).
         keystore = open_keystore(cfg.keystore, create=False, actor="daemon")
-        if cfg.inbound is not None:
-            keystore.master()  # a missing or wrong master key stops the start, loudly
+        try:
+            # A missing or wrong master key, or a keystore changed without
+            # it, stops the start: one line, exit 2 (OPERATIONS.md).
+            keystore.verify()
+        except BaseException:
+            keystore.close()
+            raise
         ctx = cls(cfg, keystore, replay_cache)
         ctx.apply(cfg)
         return ctx
@@ -146,6 +151,10 @@ class Gateway:
             log.warning("reload: listener addresses or protocols changed; they take effect on restart")
         if cfg.keystore != self.ctx.config.keystore:
             log.warning("reload: [keystore] changed; it takes effect on restart")
+        try:
+            self.ctx.keystore.verify()  # the whole audit log too; refusing mail if it fails
+        except KeystoreError as exc:
+            log.error("reload: %s; mail is answered 451 until it verifies again", exc)
         self.ctx.apply(cfg)
         self.admission.per_client = cfg.server.max_connections_per_client
         self.admission.total = cfg.server.max_connections

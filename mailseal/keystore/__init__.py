@@ -10,14 +10,16 @@ that has a usable (not revoked, not expired) key wins; for opening, every
 identity of every matching owner is tried, rotated-out ones included.
 
 Private keys are sealed with the master key (masterkey.py); the SQLite file
-alone holds no usable secret.
+alone holds no usable secret. Keys, policies and the audit log are bound
+together by MACs under a key derived from it (integrity.py): a change made
+without the master key is detected (Tampered) and never used.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable
+from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable, Tampered
 from .fingerprint import fingerprint
 from .masterkey import Source as MasterKeySource
 from .masterkey import resolve as resolve_master_key
@@ -28,12 +30,14 @@ if TYPE_CHECKING:
     from ..config import KeystoreConfig
 
 __all__ = [
-    "Conflict", "KeystoreError", "MasterKeyError", "NotFound", "StoreUnavailable", "fingerprint",
+    "Conflict", "KeystoreError", "MasterKeyError", "NotFound", "StoreUnavailable", "Tampered", "fingerprint",
     "MasterKeySource", "KeyRecord", "parse_cards", "render_card", "POLICIES", "SQLiteKeyStore", "open_keystore",
 ]
 
 
-def open_keystore(config: KeystoreConfig, *, create: bool = True, actor: str | None = None) -> SQLiteKeyStore:
+def open_keystore(config: KeystoreConfig, *, create: bool = True, actor: str | None = None,
+                  accept: bool = False) -> SQLiteKeyStore:
     """The keystore a configuration names (SQLite is the embedded default)."""
     source = resolve_master_key(config.master_key_file, config.passphrase_env)
-    return SQLiteKeyStore(config.path, source, parent_domains=config.parent_domains, create=create, actor=actor)
+    return SQLiteKeyStore(config.path, source, parent_domains=config.parent_domains, create=create, actor=actor,
+                          head_file=config.head_file, accept=accept)

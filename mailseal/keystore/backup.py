@@ -73,7 +73,7 @@ def _describe(db: sqlite3.Connection) -> dict:
         raise BackupError("a keystore without its master key check value (damaged)")
     return {"keys": db.execute("SELECT count(*) FROM keys").fetchone()[0],
             "policies": db.execute("SELECT count(*) FROM policies").fetchone()[0],
-            "salt": meta.get("argon2id_salt"), "check": meta["master_key_check"]}
+            "salt": meta.get("argon2id_salt"), "check": meta["master_key_check"], "keyed": "integrity" in meta}
 
 
 def _passphrase_key(passphrase: str, salt: bytes) -> bytes:
@@ -155,7 +155,8 @@ def read(path: Path, source: masterkey.Source, passphrase: str | None = None) ->
         mem.close()
     # The private keys inside are sealed under the master key: check that
     # the configured one is it before anything is written.
-    masterkey.MasterKey(masterkey.load(source, meta["salt"], creating=False)).verify(meta["check"], source)
+    masterkey.MasterKey(masterkey.load(source, meta["salt"], creating=False)).verify(meta["check"], source,
+                                                                                      keyed=meta["keyed"])
     return image, Summary(sealed_with, header.get("created", 0), meta["keys"], meta["policies"],
                           str(header.get("source", "?")))
 

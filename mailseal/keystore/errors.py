@@ -19,3 +19,14 @@ class NotFound(KeystoreError):
 
 class Conflict(KeystoreError):
     """The change would duplicate or contradict what is stored."""
+
+
+class Tampered(KeystoreError):
+    """The keystore was changed without the master key (its keyed integrity does not verify).
+
+    Raised first with what is wrong (detail); the keystore adds its path.
+    """
+
+    def __init__(self, detail: str, path: object = None) -> None:
+        self.detail, self.path = detail, path
+        super().__init__(detail if path is None else f"keystore {path} was changed without the master key: {detail}")

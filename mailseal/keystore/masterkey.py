@@ -7,6 +7,10 @@ keystore); or a passphrase in an environment variable, stretched with
 Argon2id (salt and parameters kept in the keystore). A keystore remembers a
 check value, so a wrong key is detected and reported, never used and never
 replaced.
+
+The key seals private keys directly (ChaCha20-Poly1305); the keystore's
+integrity MACs use a separate key derived from it with HKDF-SHA256 under
+their own label, so neither use can stand in for the other.
 """
 
 from __future__ import annotations
@@ -18,16 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import MasterKeyError
+from .errors import MasterKeyError, Tampered
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
 CREDENTIAL_NAME = "mailseal-master-key"
 ARGON2 = {"iterations": 3, "lanes": 4, "memory_cost": 65536}  # RFC 9106, 64 MiB
+# v1: keystores whose integrity is not yet keyed; v2: keyed ones. A keyed
+# keystore made to look unkeyed again (its integrity record deleted) is
+# recognised by its v2 check value.
 _CHECK_AAD = b"mailseal master key check v1"
+_CHECK_AAD_KEYED = b"mailseal master key check v2"
+_INTEGRITY_INFO = b"mailseal keystore integrity v1"
 _VERSION = b"\x01"
 
 
@@ -97,12 +108,19 @@ def from_passphrase(env: str, salt: bytes) -> bytes:
 
 
 def load(source: Source, salt: bytes | None, creating: bool) -> bytes:
+    """The master key; salt is the keystore's Argon2id salt (None: not passphrase-made)."""
+    if source.passphrase_env:
+        if salt is None:
+            raise MasterKeyError("this keystore was made with a master key file, not a passphrase: "
+                                 "set master_key_file instead of passphrase_env in [keystore]")
+        return from_passphrase(source.passphrase_env, salt)
+    if salt is not None:
+        raise MasterKeyError(f"this keystore was made with a passphrase, but {source.describe} is "
+                             "configured: set passphrase_env instead of master_key_file in [keystore]")
     if source.credential:
         return _read_file(source.credential)
-    if source.passphrase_env:
-        assert salt is not None
-        return from_passphrase(source.passphrase_env, salt)
-    assert source.file is not None
+    if source.file is None:
+        raise MasterKeyError("no master key configured: set master_key_file or passphrase_env in [keystore]")
     if creating and not source.file.exists():
         return create_file(source.file)
     return _read_file(source.file)
@@ -113,6 +131,7 @@ class MasterKey:
 
     def __init__(self, key: bytes) -> None:
         self._aead = ChaCha20Poly1305(key)
+        self.integrity_key = HKDF(hashes.SHA256(), KEY_SIZE, salt=None, info=_INTEGRITY_INFO).derive(key)
 
     def __repr__(self) -> str:
         return "MasterKey(…)"
@@ -131,11 +150,22 @@ class MasterKey:
                                  "(wrong key, or the row was altered)") from None
 
     def check_value(self) -> bytes:
-        return self.seal(b"", _CHECK_AAD)
+        """The check value of a keystore whose integrity is keyed."""
+        return self.seal(b"", _CHECK_AAD_KEYED)
 
-    def verify(self, check: bytes, source: Source) -> None:
+    def _opens(self, check: bytes, aad: bytes) -> bool:
         try:
-            self.open(check, _CHECK_AAD)
+            self.open(check, aad)
         except MasterKeyError:
-            raise MasterKeyError(f"wrong master key: {source.describe} is not the key this "
-                                 "keystore was created with") from None
+            return False
+        return True
+
+    def verify(self, check: bytes, source: Source, *, keyed: bool) -> None:
+        """Is this the keystore's key? keyed: the keystore has an integrity record."""
+        if self._opens(check, _CHECK_AAD_KEYED if keyed else _CHECK_AAD):
+            return
+        if self._opens(check, _CHECK_AAD if keyed else _CHECK_AAD_KEYED):
+            raise Tampered("its integrity record was deleted" if not keyed else
+                           "its master key check value was replaced by an older one")
+        raise MasterKeyError(f"wrong master key: {source.describe} is not the key this "
+                             "keystore was created with")

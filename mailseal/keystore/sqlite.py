@@ -1,16 +1,26 @@
 """The SQLite keystore: keys, policies and the audit log in one file.
 
 WAL mode lets the daemon read while the CLI writes; every change is one
-IMMEDIATE transaction together with its audit entry, so nothing is ever half
-written. Lookups run one indexed query and read committed data, so a key
-imported or revoked with the CLI is seen by a running daemon at its next
+IMMEDIATE transaction together with its audit entry and the update of the
+keystore's keyed integrity (integrity.py, ledger.py), so nothing is ever
+half written. Lookups run one indexed query and read committed data, so a
+key imported or revoked with the CLI is seen by a running daemon at its next
 lookup, without a restart.
+
+Before a lookup uses data another process committed (PRAGMA data_version
+changed), the keys, the policies and the end of the audit log are checked
+against the keyed integrity record, once per change, not per lookup; a
+keystore changed without the master key is refused (Tampered) until it
+verifies again. Every change through this class checks the record, the end
+of the audit log and the rows it touches, so it never seals over someone
+else's edit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import sqlite3
@@ -20,10 +30,14 @@ from pathlib import Path
 
 from .. import age, signing
 from ..addresses import Address, AddressError, lookup_order, parse_owner
-from . import audit, canonical, masterkey
-from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable
+from . import audit, canonical, head, masterkey
+from .errors import Conflict, KeystoreError, MasterKeyError, NotFound, StoreUnavailable, Tampered
 from .fingerprint import fingerprint, looks_like_fingerprint, normalise
+from .integrity import Keyed, Record
+from .ledger import Ledger, audit_entries, has_record
 from .records import LOCAL, PARTNER_KINDS, REMOTE, SIGNING_KINDS, KeyRecord, PublicKey, family, kind_of
+
+log = logging.getLogger("mailseal.keystore")
 
 POLICIES = ("require", "opportunistic", "plain")
 INBOUND_POLICIES = ("signed", "sealed", "any")
@@ -125,6 +139,14 @@ MIGRATIONS = [
     # 4: certificates of partners without mailseal (S/MIME "x509", OpenPGP
     # "openpgp") and our own keys of those kinds, beside the age keys.
     _widen_kinds("'mlkem768x25519', 'X25519', 'ed25519+mldsa65', 'ed25519', 'x509', 'openpgp'"),
+    # 5: a keyed MAC per row (integrity.py). Keying the rows and the audit
+    # chain needs the master key: SQLiteKeyStore._upgrade does it. A later
+    # rebuild of a table (as _widen_kinds does) must keep its `mac` column.
+    """
+    ALTER TABLE keys ADD COLUMN mac TEXT;
+    ALTER TABLE policies ADD COLUMN mac TEXT;
+    ALTER TABLE inbound_policies ADD COLUMN mac TEXT;
+    """,
 ]
 
 _COLUMNS = ("id, scope, owner, kind, recipient, fingerprint, label, source, created, expires, "
@@ -180,25 +202,39 @@ class SQLiteKeyStore:
         create: bool = True,
         actor: str | None = None,
         clock: Callable[[], float] = time.time,
+        head_file: Path | None = None,
+        accept: bool = False,
     ) -> None:
+        """head_file: see head.py (None: none). accept: an upgrade that finds the
+        keystore changed without the master key records that and goes on
+        (`keys audit --accept`), instead of refusing."""
         self.path = Path(path)
         self._source = master
         self._parent_domains = parent_domains
         self._actor = actor or default_actor()
         self._clock = clock
+        self._head_file = head_file
+        self._accept = accept
         self._master: masterkey.MasterKey | None = None
+        self._master_problem: str | None = None  # what master(despite_tamper=True) let pass
+        self._accepted: str | None = None  # what an upgrade with accept=True recorded
+        self._keyed: Keyed | None = None
+        self._record: Record | None = None  # the integrity record of the change in progress
         self._identity_cache: dict[tuple[int, str], age.Identity] = {}
         self._recipient_cache: dict[str, age.Recipient] = {}
         # Lookup results, valid while no connection committed anything
         # (PRAGMA data_version) and for at most a second (keys expire).
         self._lookups: dict[tuple, object] = {}
-        self._lookups_version = -1
         self._lookups_time = 0.0
+        # The data_version whose state was last checked, and what was wrong with it.
+        self._verified_version: int | None = None
+        self._broken: Tampered | None = None
         creating = not self.path.exists()
         if creating and not create:
             raise StoreUnavailable(f"keystore {self.path} does not exist (check [keystore] path; "
                                    "`mailseal keys init` creates one)")
         if creating:
+            self._refuse_if_head_file()
             self._create_file()
         with _sqlite_errors(self.path):
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0, check_same_thread=False)
@@ -212,6 +248,12 @@ class SQLiteKeyStore:
                 raise
 
     # --- set-up -------------------------------------------------------------
+
+    def _refuse_if_head_file(self) -> None:
+        if self._head_file is not None and self._read_head() is not None:
+            raise StoreUnavailable(f"keystore {self.path} is missing, but its head file {self._head_file} "
+                                   "records changes: restore the keystore from backup (delete the head file "
+                                   "only to start again with an empty keystore)")
 
     def _create_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,26 +285,28 @@ class SQLiteKeyStore:
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:
                 raise StoreUnavailable(f"{self.path} is an SQLite file but not a mailseal keystore")
-        if version < len(MIGRATIONS):
-            with self._write():
-                # Again under the write lock: another process may have migrated meanwhile.
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                for number in range(version, len(MIGRATIONS)):
-                    step = MIGRATIONS[number]
-                    if callable(step):
-                        step(self)
-                        continue
-                    for statement in _statements(step):
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
         if creating:
+            with self._write():
+                self._migrate(0)
             self._initialise_master_key()
+        elif version < len(MIGRATIONS) or not has_record(db):
+            self._upgrade()
+
+    def _migrate(self, version: int) -> None:
+        for number in range(version, len(MIGRATIONS)):
+            step = MIGRATIONS[number]
+            if callable(step):
+                step(self)
+                continue
+            for statement in _statements(step):
+                self._db.execute(statement)
+        self._db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     def _initialise_master_key(self) -> None:
         salt = os.urandom(16) if self._source.passphrase_env else None
         key = masterkey.load(self._source, salt, creating=True)
         self._master = masterkey.MasterKey(key)
-        with self._write():
+        with self._change(new=True):
             if salt is not None:
                 self._db.execute("INSERT INTO meta VALUES ('argon2id_salt', ?)", (salt,))
                 self._db.execute("INSERT INTO meta VALUES ('argon2id_params', ?)", (json.dumps(masterkey.ARGON2),))
@@ -270,17 +314,77 @@ class SQLiteKeyStore:
             self._db.execute("INSERT INTO meta VALUES ('created', ?)", (int(self._clock()),))
             self._audit("keystore.create", str(self.path), {"master_key": self._source.describe})
 
-    def master(self) -> masterkey.MasterKey:
-        """The master key, loaded and checked on first use."""
+    def _upgrade(self) -> None:
+        """A newer schema, and a keyed integrity for a keystore made before it
+        existed: checked first (the old unkeyed chain at least), then keyed under
+        the master key as it is, in one transaction, recorded in the audit log."""
+        witness = None
+        with self._named():
+            ledger = self._ledger(despite_tamper=self._accept)
+        with self._named(), self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            was_keyed = has_record(db)
+            if version < len(MIGRATIONS) or not was_keyed:  # else another process did it meanwhile
+                witness = self._upgrade_locked(ledger, version, was_keyed)
+        if witness is not None:
+            self._update_head_file(witness, required=False)
+
+    def _upgrade_locked(self, ledger: Ledger, version: int, was_keyed: bool) -> head.Head:
+        db = self._db
+        was_keyed = was_keyed or self._master_problem is not None  # its record deleted
+        if was_keyed:
+            problem = self._master_problem or self._problem(ledger, full=True)
+            broken = audit.first_broken(audit_entries(db), ledger.keyed.entry)
+        else:
+            broken = audit.first_broken(audit_entries(db), audit.legacy_hash)
+            problem = f"audit log entry {broken[0]} {broken[1]} (before the chain was keyed)" if broken else None
+        if problem and not self._accept:
+            raise Tampered(problem)
+        self._migrate(version)
+        detail: dict = {"schema": [version, len(MIGRATIONS)]}
+        if not was_keyed:
+            detail["integrity"] = "keyed under the master key"
+        if problem:
+            detail["accepted"] = problem
+        self._audit("keystore.upgrade", str(self.path), detail)
+        self._accepted, self._master_problem = problem, None
+        if not was_keyed:
+            rekey_from: int | None = 1
+        else:
+            rekey_from = broken[0] if broken else None
+        witness = ledger.reseal(rekey_from)
+        self._set_check_value()
+        return witness
+
+    def _set_check_value(self) -> None:
+        self._db.execute("INSERT INTO meta VALUES ('master_key_check', ?) ON CONFLICT (name) DO UPDATE "
+                         "SET value = excluded.value", (self.master().check_value(),))
+
+    def master(self, *, despite_tamper: bool = False) -> masterkey.MasterKey:
+        """The master key, loaded and checked on first use.
+
+        despite_tamper: the key is right, but the keystore says it was changed
+        without it (its integrity record deleted): load it anyway, to accept.
+        """
         if self._master is None:
             with _sqlite_errors(self.path):
                 meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
             if "master_key_check" not in meta:
-                raise MasterKeyError(f"keystore {self.path} has no master key check value (damaged)")
+                raise Tampered("its master key check value is missing; restore it from backup", self.path)
             master = masterkey.MasterKey(masterkey.load(self._source, meta.get("argon2id_salt"), creating=False))
-            master.verify(meta["master_key_check"], self._source)
+            try:
+                master.verify(meta["master_key_check"], self._source, keyed="integrity" in meta)
+            except Tampered as exc:
+                if not despite_tamper:
+                    raise Tampered(exc.detail, self.path) from None
+                self._master_problem = exc.detail
             self._master = master
         return self._master
+
+    def _ledger(self, *, despite_tamper: bool = False) -> Ledger:
+        if self._keyed is None:
+            self._keyed = Keyed(self.master(despite_tamper=despite_tamper).integrity_key)
+        return Ledger(self._db, self._keyed)
 
     def close(self) -> None:
         self._db.close()
@@ -313,31 +417,182 @@ class SQLiteKeyStore:
                                  f"owner {new_owner} needs the master key: {exc}") from None
         return master.seal(plain, _identity_context(new_owner, recipient))
 
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """A Tampered raised inside gets this keystore's path."""
+        try:
+            yield
+        except Tampered as exc:
+            if exc.path is not None:
+                raise
+            raise Tampered(exc.detail, self.path) from None
+
+    @contextlib.contextmanager
+    def _change(self, *, new: bool = False) -> Iterator[sqlite3.Connection]:
+        """One change through the keystore: refused if the record, the end of the
+        audit log or a row it changes do not verify, or if verify() found a
+        problem that is still there; the record follows the change, in its
+        transaction. (Other rows are not read: a change never makes an edit
+        someone else made verify, so verify() still finds it.)"""
+        ledger = self._ledger()
+        if self._broken is not None and self._data_version() == self._verified_version:
+            raise self._broken  # known to be changed without the master key: no change on top
+        try:
+            with self._named(), self._write() as db:
+                self._record = Record() if new else ledger.record()
+                if not new:
+                    ledger.check_tail(self._record)
+                yield db
+                witness = ledger.save(self._record)
+        finally:
+            self._record = None
+        self._update_head_file(witness, required=False)
+
+    def _take(self, table: str, key: object) -> None:
+        """Before a row is changed or deleted (ledger.take): it must verify."""
+        if self._record is None:
+            raise KeystoreError("internal error: a keystore row changed outside a change")
+        self._ledger().take(self._record, table, key)
+
+    def _put(self, table: str, key: object) -> None:
+        if self._record is None:
+            raise KeystoreError("internal error: a keystore row changed outside a change")
+        self._ledger().put(self._record, table, key)
+
     def _audit(self, action: str, subject: str, detail: dict) -> None:
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (row[0] + 1, row[1]) if row else (1, audit.GENESIS)
         at = int(self._clock())
-        digest = audit.entry_hash(prev, seq, at, self._actor, action, subject, detail)
+        digest = self._ledger().keyed.entry(prev, audit.body(seq, at, self._actor, action, subject, detail))
         self._db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (seq, at, self._actor, action, subject, json.dumps(detail, sort_keys=True), prev, digest))
+        if self._record is not None:
+            self._record.appended(digest)
+
+    # --- integrity ---------------------------------------------------------------
+
+    def _read_head(self) -> head.Head | None:
+        return head.read(self._head_file) if self._head_file is not None else None
+
+    def _update_head_file(self, witness: head.Head, *, required: bool) -> None:
+        if self._head_file is None:
+            return
+        try:
+            head.write(self._head_file, witness)
+        except KeystoreError as exc:
+            if required:
+                raise
+            log.warning("%s; the keystore was changed all the same", exc)
+
+    def _problem(self, ledger: Ledger, *, full: bool) -> str | None:
+        """What is wrong (Tampered's detail), or None; inside the caller's transaction."""
+        try:
+            ledger.check(full=full)
+            ledger.check_head(self._read_head(), self._head_file)
+        except Tampered as exc:
+            return exc.detail
+        return None
+
+    def _data_version(self) -> int:
+        with _sqlite_errors(self.path):
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def verify(self, *, full: bool = True) -> Record:
+        """Check the keystore against its keyed integrity and its head file.
+
+        Raises Tampered naming the first problem; lookups then refuse too,
+        until the data changes and verifies. full: every audit entry as well
+        (what start-up and `keys audit --verify` do); otherwise the rows, the
+        record and the end of the audit log (what each change seen costs).
+        """
+        version = self._data_version()
+        ledger = self._ledger()
+        try:
+            with self._named(), _sqlite_errors(self.path):
+                self._db.execute("BEGIN")  # one consistent state for every check
+                try:
+                    record = ledger.check(full=full)
+                    ledger.check_head(self._read_head(), self._head_file)
+                finally:
+                    self._db.execute("COMMIT")
+        except Tampered as exc:
+            self._verified_version, self._broken = version, exc
+            raise
+        self._verified_version, self._broken = version, None
+        return record
+
+    def accept(self) -> str | None:
+        """Accept the keystore as it is now, after an administrator reviewed what
+        verify() reports: re-key it under the master key (the audit chain from
+        its first broken entry), record that in the audit log, rewrite the head
+        file. Returns what was wrong, or None if nothing was."""
+        ledger = self._ledger(despite_tamper=True)
+        with self._named(), self._write() as db:
+            problem = self._master_problem or self._problem(ledger, full=True)
+            if problem is None:
+                return self._accepted
+            broken = audit.first_broken(audit_entries(db), ledger.keyed.entry)
+            self._audit("keystore.accept", str(self.path), {"problem": problem})
+            self._set_check_value()
+            # Before the commit: a daemon that sees the change then finds the head file
+            # already following it (and if it cannot be written, nothing is accepted).
+            self._update_head_file(ledger.reseal(broken[0] if broken else None), required=True)
+        self._master_problem = None
+        self._verified_version = None
+        return problem
+
+    def restored(self, detail: dict) -> None:
+        """A keystore put back on purpose (`keys restore`): it must verify in itself;
+        the audit log records the restore and the head file follows it."""
+        ledger = self._ledger()
+        try:
+            with self._named(), self._write():
+                self._record = ledger.check(full=True)
+                self._audit("keystore.restore", str(self.path), detail)
+                self._update_head_file(ledger.save(self._record), required=True)  # before the commit
+        finally:
+            self._record = None
 
     # --- lookups (the mail path) ----------------------------------------------
 
     def _owners(self, address: Address) -> list[str]:
         return lookup_order(address, self._parent_domains)
 
-    def _cached(self, key: tuple, compute):
-        with _sqlite_errors(self.path):
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        now = self._clock()
-        if version != self._lookups_version or now - self._lookups_time > 1.0 or len(self._lookups) > 100_000:
+    def _checked(self) -> int:
+        """The data_version whose state is verified (verify() once per change seen)."""
+        version = self._data_version()
+        if version != self._verified_version:
             self._lookups.clear()
-            self._lookups_version, self._lookups_time = version, now
-        try:
-            return self._lookups[key]
-        except KeyError:
-            value = self._lookups[key] = compute()
-            return value
+            before = self._broken
+            try:
+                self.verify(full=False)
+            except Tampered as exc:
+                if before is None or str(before) != str(exc):  # one line per problem, not per lookup
+                    log.error("%s; refusing to use it until it verifies again (mailseal keys audit --verify)", exc)
+                raise
+            if before is not None:
+                log.warning("keystore %s verifies again; using it", self.path)
+        elif self._broken is not None:
+            raise self._broken
+        return version
+
+    def _cached(self, key: tuple, compute):
+        while True:
+            version = self._checked()
+            now = self._clock()
+            if now - self._lookups_time > 1.0 or len(self._lookups) > 100_000:
+                self._lookups.clear()
+                self._lookups_time = now
+            try:
+                return self._lookups[key]
+            except KeyError:
+                pass
+            value = compute()
+            if self._data_version() == version:
+                self._lookups[key] = value
+                return value
+            # Another process committed while this was read: what was read
+            # may not be what was verified. Verify, and read again.
 
     def _select_first_owner(self, sql: str, owners: list[str], *args) -> list[tuple]:
         marks = ",".join("?" * len(owners))
@@ -486,7 +741,7 @@ class SQLiteKeyStore:
         sealed = None
         if secret is not None:
             sealed = self.master().seal(secret, _identity_context(owner, public))
-        with self._write():
+        with self._change():
             return self._insert(LOCAL if secret is not None else REMOTE, owner, public, kind, sealed, label,
                                 source, expires)
 
@@ -534,6 +789,7 @@ class SQLiteKeyStore:
                 (scope, owner, kind, recipient, fingerprint(recipient), secret, label, source, now, expires))
         except sqlite3.IntegrityError:
             raise Conflict(f"{owner} already has the key {fingerprint(recipient)}") from None
+        self._put("keys", cursor.lastrowid)
         record = self._records("id = ?", (cursor.lastrowid,))[0]
         self._audit(f"key.{'generate' if scope == LOCAL else 'import'}", owner,
                     {"fingerprint": record.fingerprint, "kind": kind, "source": source, "expires": expires})
@@ -565,8 +821,7 @@ class SQLiteKeyStore:
         owner = _owner(owner)
         if signing_kind is not None and signing_kind not in SIGNING_KINDS:
             raise KeystoreError(f"signing key kind must be one of {', '.join(SIGNING_KINDS)}")
-        self.master()
-        with self._write():
+        with self._change():
             made = [self._new_identity(owner, classic, label, "generated", expires)]
             if signing_kind is not None:
                 made.append(self._new_signing_key(owner, signing_kind, label, "generated", expires))
@@ -578,28 +833,30 @@ class SQLiteKeyStore:
         if kind not in SIGNING_KINDS:
             raise KeystoreError(f"signing key kind must be one of {', '.join(SIGNING_KINDS)}")
         owner = _owner(owner)
-        self.master()
-        with self._write():
+        with self._change():
             return self._new_signing_key(owner, kind, label, "generated", expires)
 
     def import_recipient(self, owner: str, recipient: PublicKey, *, label: str = "",
                          source: str = "imported", expires: int | None = None) -> KeyRecord:
         """A public key to seal owner's mail to."""
         owner = _owner(owner)
-        with self._write():
+        with self._change():
             return self._insert(REMOTE, owner, str(recipient), kind_of(recipient), None, label, source, expires)
 
     def import_many(self, keys: list[tuple[str, PublicKey, int | None]], *,
                     label: str = "", source: str = "imported") -> list[KeyRecord]:
         """Several (owner, recipient, expires) in one transaction: all are imported, or none."""
         keys = [(_owner(owner), r, exp) for owner, r, exp in keys]
-        with self._write():
+        with self._change():
             return [self._insert(REMOTE, owner, str(r), kind_of(r), None, label, source, exp)
                     for owner, r, exp in keys]
 
     def export(self, owner: str) -> list[KeyRecord]:
-        """The current public keys of owner's local identities (for partners to import)."""
+        """The current public keys of owner's local identities (for partners to import).
+
+        Checked first: a key added without the master key is never handed out."""
         owner = _owner(owner)
+        self._checked()
         now = int(self._clock())
         records = [r for r in self._records("scope = 'local' AND owner = ?", (owner,)) if r.status(now) == "active"]
         if not records:
@@ -613,14 +870,16 @@ class SQLiteKeyStore:
         A revoked remote key is never sealed to again. A revoked local key is
         no longer exported, but still opens mail already sealed to it.
         """
-        with self._write():
+        with self._change():
             records = [r for r in self.find(target) if r.revoked is None
                        and (fingerprints is None or r.fingerprint in fingerprints)]
             if not records:
                 raise NotFound(f"no unrevoked key matches {target}")
             now = int(self._clock())
             for record in records:
+                self._take("keys", record.id)
                 self._db.execute("UPDATE keys SET revoked = ?, reason = ? WHERE id = ?", (now, reason, record.id))
+                self._put("keys", record.id)
                 self._audit("key.revoke", record.owner, {"fingerprint": record.fingerprint, "reason": reason})
             return [self._records("id = ?", (r.id,))[0] for r in records]
 
@@ -637,8 +896,7 @@ class SQLiteKeyStore:
     def rotate_keys(self, owner: str) -> list[tuple[KeyRecord, list[KeyRecord]]]:
         """(new, retired) for each family (encryption first, then signing) with an active key."""
         owner = _owner(owner)
-        self.master()
-        with self._write():
+        with self._change():
             current = [r for r in self._records("scope = 'local' AND owner = ?", (owner,))
                        if r.status(self._clock()) == "active"]
             if not any(family(r.kind) == "encryption" for r in current):
@@ -650,7 +908,9 @@ class SQLiteKeyStore:
                 if not old:
                     continue
                 for record in old:
+                    self._take("keys", record.id)
                     self._db.execute("UPDATE keys SET retired = ? WHERE id = ?", (now, record.id))
+                    self._put("keys", record.id)
                 source = f"rotated from {old[-1].fingerprint}"
                 if kinds == "encryption":
                     new = self._new_identity(owner, old[-1].kind == "X25519", old[-1].label, source, None)
@@ -662,26 +922,30 @@ class SQLiteKeyStore:
 
     def delete(self, target: str) -> list[KeyRecord]:
         """Remove keys for good: a deleted local identity opens nothing any more."""
-        with self._write():
+        with self._change():
             records = self.find(target)
             if not records:
                 raise NotFound(f"no key matches {target}")
             for record in records:
+                self._take("keys", record.id)
                 self._db.execute("DELETE FROM keys WHERE id = ?", (record.id,))
                 self._audit("key.delete", record.owner, {"fingerprint": record.fingerprint, "scope": record.scope})
             return records
 
     def _set_in(self, table: str, action: str, owner: str, policy: str) -> None:
         owner = _owner(owner)
-        with self._write():
-            self._db.execute(f"INSERT INTO {table} VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
-                             "SET policy = excluded.policy, updated = excluded.updated",
+        with self._change():
+            self._take(table, owner)
+            self._db.execute(f"INSERT INTO {table} (owner, policy, updated) VALUES (?, ?, ?) ON CONFLICT (owner) "
+                             "DO UPDATE SET policy = excluded.policy, updated = excluded.updated",
                              (owner, policy, int(self._clock())))
+            self._put(table, owner)
             self._audit(f"{action}.set", owner, {"policy": policy})
 
     def _unset_in(self, table: str, action: str, owner: str, what: str) -> None:
         owner = _owner(owner)
-        with self._write():
+        with self._change():
+            self._take(table, owner)
             if not self._db.execute(f"DELETE FROM {table} WHERE owner = ?", (owner,)).rowcount:
                 raise NotFound(f"no {what} is set for {owner}")
             self._audit(f"{action}.unset", owner, {})
@@ -715,16 +979,7 @@ class SQLiteKeyStore:
 
     def audit_entries(self) -> list[audit.AuditEntry]:
         with _sqlite_errors(self.path):
-            rows = self._db.execute("SELECT seq, at, actor, action, subject, detail, prev_hash, hash "
-                                    "FROM audit ORDER BY seq").fetchall()
-        out = []
-        for seq, at, actor, action, subject, detail, prev, digest in rows:
-            try:
-                parsed = json.loads(detail)
-            except (TypeError, ValueError):
-                parsed = {"unparseable": str(detail)}
-            out.append(audit.AuditEntry(seq, at, actor, action, subject, parsed, prev, digest))
-        return out
+            return audit_entries(self._db)
 
 
 def _statements(script: str) -> list[str]:
