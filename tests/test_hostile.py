@@ -271,6 +271,57 @@ def test_nested_comments_in_mail_from_are_a_malformed_address(net):
         assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
 
 
+# Input that made a parser raise (AttributeError, UnboundLocalError, ValueError),
+# found by fuzzing the MAIL/RCPT path: each is bad input, not our fault.
+BAD_MAIL = [("MAIL FROM:<alice@a.test> SIZE=\u00b2", b"501 5.5.4"),  # a digit to isdigit(), not to int()
+            ("MAIL FROM:<alice@a.test> SIZE=\u0661\u0662", b"501 5.5.4"),
+            ("MAIL FROM:<a@[X\\]>", b"553 5.1.3")]
+BAD_RCPT = ["RCPT TO:<x@[\\]>", "RCPT TO:<a@[-)@\r(\u00df\\;>", "RCPT TO:\\x\u00dftest\u0130@[ "]
+
+
+@pytest.mark.parametrize("listener", ["a", "b"])
+def test_addresses_that_made_the_parser_raise_are_5xx_and_keep_the_transaction(net, listener):
+    daemon = net[listener]
+    port = daemon.outbound_port if listener == "a" else daemon.inbound_port
+    with Raw(port) as c:
+        c.cmd(b"EHLO c.test")
+        for line, code in BAD_MAIL:
+            reply = c.cmd(line.encode())
+            assert reply[0].startswith(code), (line, reply)
+        assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
+        assert c.cmd(b"RCPT TO:<bob@b.test>")[0].startswith(b"250 ")
+        for line in BAD_RCPT:
+            reply = c.cmd(line.encode())
+            assert reply[0].startswith(b"553 5.1.3") or reply[0].startswith(b"501 5.1.3"), (line, reply)
+        if listener == "a":  # the transaction went on: bob's copy is sealed and sent
+            assert c.cmd(b"DATA")[0].startswith(b"354")
+            c.send(stuffed(PLAIN))
+            assert c.reply()[0].startswith(b"250 ")
+            [copy] = net["wire"].wait(1)
+            assert copy.rcpts == ["bob@b.test"] and bundle.is_sealed(copy.data)
+    assert "internal error" not in daemon.log_text()
+
+
+# `user%domain@here` and `domain!user@here`: a Postfix next hop (allow_percent_hack,
+# swap_bangpath) sends them to user@domain, which mailseal did not decide for.
+SOURCE_ROUTED = [b"bob%b.test@mx.a.test", b"b.test!bob@mx.a.test", b"bob%b.test%relay.test@mx.a.test",
+                 b'"bob@b.test"@mx.a.test', b'"bob%b.test"@mx.a.test']
+
+
+@pytest.mark.parametrize("listener", ["a", "b"])
+def test_source_routed_recipients_are_refused_at_rcpt(net, listener):
+    daemon = net[listener]
+    port = daemon.outbound_port if listener == "a" else daemon.inbound_port
+    with Raw(port) as c:
+        c.cmd(b"EHLO c.test")
+        assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
+        for rcpt in SOURCE_ROUTED:
+            reply = c.cmd(b"RCPT TO:<" + rcpt + b">")
+            assert reply[0].startswith(b"553 5.1.3"), (rcpt, reply)
+        assert c.cmd(b"DATA")[0].startswith(b"503 5.5.1")  # nobody accepted
+    assert net["wire"].messages == [] and net["final"].messages == []
+
+
 class FailingHandler:
     """A handler with a bug: DATA raises. The edge's own code handles it."""
 

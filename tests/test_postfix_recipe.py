@@ -14,6 +14,7 @@ import time
 import pytest
 
 from .postfix import available
+from .harness import Sink
 from .postfix_recipe import RecipeHost, Wire
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and Debian's postfix (make test installs it)")
@@ -114,3 +115,29 @@ def test_local_mail_stays_in_clear_and_is_delivered(hosts, tmp_path):
     assert out.returncode == 0, out.stdout.decode()[-2000:]
     got = arrives(hosts["a"], b"SECRET-5")
     assert b"SECRET-5" not in hosts["wire"].captured and b"Mailseal-Status" not in got
+
+
+@pytest.mark.parametrize("rcpt", ["bob%b.test@mx.a.test", "b.test!bob@mx.a.test"])
+def test_percent_hack_and_bang_path_spellings_do_not_leave_in_clear(hosts, tmp_path, rcpt):
+    """The attacker's spelling of a `require` recipient through a host whose
+    own name is local (Debian's default mydestination): Postfix's percent
+    hack or bang-path swap would route it to bob@b.test after mailseal
+    decided for mx.a.test (clear). Refused or bounced; never sent in clear."""
+    with Sink() as internet:
+        host = RecipeHost("a.test", internet=internet.port)
+        try:
+            with open(host.etc / "main.cf", "a") as cf:
+                cf.write("\n# as on a stock Debian host\nmydestination = $myhostname, localhost.$mydomain, localhost\n")
+            host.mailseal.cli("keys", "import", "@b.test", str(hosts["b"].base / "b.card"))
+            host.mailseal.cli("policy", "set", "@b.test", "require")
+            host.start()
+            marker = b"SECRET-%d" % (20 + len(rcpt))
+            out = swaks(host.ports["submission"], rcpt, message(20 + len(rcpt), rcpt), tmp_path)
+            # Refused at once, or taken and then bounced or sent on: settled.
+            host.wait(lambda: host.queued() == 0 and (out.returncode != 0 or internet.messages
+                                                      or "status=bounced" in host.log()), 60, "the message settled")
+            assert all(marker not in m.data for m in internet.messages), "sent in clear to the internet"
+            assert all(rcpt not in "".join(m.rcpts) and "bob@b.test" not in m.rcpts for m in internet.messages)
+        finally:
+            host.stop()
+            host.cleanup()

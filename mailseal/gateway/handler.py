@@ -16,6 +16,10 @@ from .replies import Reply
 
 log = logging.getLogger("mailseal.gateway")
 _SIZE = re.compile(r"SIZE=(\S*)", re.I)
+# `user%domain@here` and `domain!user@here`: a next hop with Postfix's
+# percent hack or bang-path swap delivers them to user@domain, which mailseal
+# would not have decided for (a `require` bypass). A quoted `@` is the same.
+_SOURCE_ROUTING = frozenset("%!@")
 
 
 def queue_id() -> str:
@@ -42,7 +46,8 @@ class BaseHandler:
         for option in mail_options:
             match = _SIZE.fullmatch(option)
             if match:
-                if not match.group(1).isdigit():
+                # ASCII digits only: str.isdigit also takes "²", which int() refuses.
+                if not (match.group(1).isascii() and match.group(1).isdigit()):
                     return str(replies.BAD_SIZE)
                 if int(match.group(1)) > self.size_limit():
                     return str(replies.MESSAGE_TOO_BIG)
@@ -73,20 +78,24 @@ class BaseHandler:
         """Why MAIL (sender) or RCPT refuses this address at the edge, or None.
 
         The reply never repeats the address: it may hold control characters.
+        A recipient whose local part holds source-routing syntax (`%`, `!`)
+        is refused: the next hop could route it elsewhere than it reads.
         """
         try:
             check_envelope_address(address, bool(envelope.smtp_utf8))
         except EightBitAddress:
             return replies.EIGHT_BIT_ADDRESS
-        except AddressError:
+        except Exception:  # noqa: BLE001 - whatever a parser raises on hostile input, it is bad input
             return replies.BAD_SENDER_SYNTAX if sender else replies.BAD_RECIPIENT_SYNTAX
+        if not sender and not _SOURCE_ROUTING.isdisjoint(address.rpartition("@")[0]):
+            return replies.SOURCE_ROUTED
         return None
 
     @staticmethod
     def address(text: str):
         try:
             return parse_address(text)
-        except AddressError:
+        except Exception:  # noqa: BLE001 - AddressError, or a parser's failure on hostile input
             return None
 
     def lmtp(self, server) -> bool:

@@ -269,8 +269,8 @@ class _EdgeMixin:
         if match is None:
             try:
                 return super()._getaddr(arg)
-            except (RecursionError, ValueError, IndexError):  # 2,000 nested comments, ...
-                return None, None  # "553 5.1.3 malformed address"
+            except Exception:  # noqa: BLE001 - 2,000 nested comments, `<x@[\\]>` (AttributeError), ...
+                return None, None  # "553 5.1.3 malformed address", the transaction kept
         return match.group(1) or "<>", match.group(2).strip()
 
     @syntax("XFORWARD attribute=value ...")
