@@ -235,6 +235,42 @@ def test_out_of_protocol_data_reply_gives_451_through_mailseal_serve(tmp_path):
         assert "Traceback" not in d.log_text()
 
 
+# --- a lying next hop's endless reply, and what of its text reaches our client -----
+
+ENDLESS = [
+    ("dot", b"".join(b"250-" + b"y" * 1000 + b"\r\n" for _ in range(3000)) + b"250 ok\r\n"),  # 3 MB, 3,001 lines
+    ("dot", b"250-" + b"y" * 200_000 + b"\r\n250 ok\r\n"),  # one line of 200 kB
+    ("EHLO", b"".join(b"250-X%d\r\n" % i for i in range(150)) + b"250 ok\r\n"),  # short lines, too many
+    ("RCPT", b"".join(b"550-" + b"z" * 400 + b"\r\n" for _ in range(200)) + b"550 no\r\n"),
+]
+
+
+@pytest.mark.parametrize("step,lie", ENDLESS, ids=["dot-3MB", "dot-one-line", "EHLO-151-lines", "RCPT-80kB"])
+def test_an_overlong_reply_is_451_and_the_connection_is_dropped(step, lie):
+    with ScriptedHop(lies={step: lie}) as hop:
+        first, second = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope(), envelope())
+        assert first == second == {"b@b.test": replies.NEXT_HOP_REPLY_TOO_LONG}
+        assert hop.connections == 2
+
+
+def test_a_next_hops_reply_reaches_our_client_short_and_printable(tmp_path):
+    lie = (b"550-5.1.1 <x@x.test> gone \x1b[31m\xc3\xa9t\xc3\xa9\x07\r\n550-5.1.1 second " + b"w" * 400 + b"\r\n"
+           + b"550-5.1.1 third line\r\n550 5.1.1 last line\r\n")
+    with ScriptedHop(lies={"RCPT": lie}) as hop:
+        [result] = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope())
+        passed = result["b@b.test"]
+        assert passed.code == 550 and passed.text.splitlines()[0] == "5.1.1 <x@x.test> gone ?[31m?t??"
+        assert len(passed.text.splitlines()) == 2 and len(passed.text.splitlines()[1]) == 200
+        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{hop.port}"}).start()
+        try:
+            t = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], MESSAGE)
+        finally:
+            d.stop()
+        code, text = t.data  # smtplib joins a reply's lines with LF
+        assert code == 550 and text.startswith(b"5.1.1 <x@x.test> gone ?[31m?t??\n5.1.1 second www"), t
+        assert text.count(b"\n") == 1 and b"third" not in text and all(32 <= c < 127 or c == 10 for c in text)
+
+
 # --- issue 8 item 13: STARTTLS reply injection ------------------------------------
 
 def test_bytes_buffered_after_starttls_fail_the_connection_before_the_handshake(tmp_path):

@@ -30,6 +30,17 @@ DEFAULT_CONNECTIONS = 10  # per next hop: [outbound]/[inbound] next_hop_connecti
 QUEUE_TIMEOUT = 300.0  # the longest a copy waits for a free connection
 IDLE_REUSE = 60.0  # an idle connection older than this is closed, not reused
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+# A next hop's reply, bounded (RFC 5321 4.5.3.1.5 allows 512 octets a line; an
+# EHLO lists a few dozen lines): beyond any of these, 451 4.5.0 and the
+# connection is dropped, so a lying next hop cannot make us buffer without end.
+REPLY_LINE_LIMIT = 4096  # octets a line (the stream reader's limit)
+REPLY_LINES = 100
+REPLY_BYTES = 64 * 1024
+# What of a next hop's reply text reaches our client: its first lines, printable
+# ASCII, cut short. The next hop's words must not become ours at length.
+PASSED_BACK_LINES = 2
+PASSED_BACK_LINE = 200
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 Buffer = bytes | bytearray | memoryview
@@ -154,12 +165,16 @@ class _Connection:
     async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
         lines = []
         code = None
+        size = 0
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     line = await self.reader.readline()
                     if not line.endswith(b"\n"):
                         raise _Broken(replies.NEXT_HOP_UNREACHABLE)  # closed mid-reply
+                    size += len(line)
+                    if len(lines) >= REPLY_LINES or size > REPLY_BYTES:
+                        raise _Broken(replies.NEXT_HOP_REPLY_TOO_LONG)
                     text = line.decode("utf-8", "replace").rstrip("\r\n")
                     separator = text[3:4]
                     if not _REPLY_CODE.fullmatch(text[:3]) or separator not in ("", " ", "-") \
@@ -174,7 +189,7 @@ class _Connection:
         except TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
         except ValueError:  # a line beyond the reader's limit
-            raise _Broken(replies.NEXT_HOP_PROTOCOL) from None
+            raise _Broken(replies.NEXT_HOP_REPLY_TOO_LONG) from None
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
@@ -225,6 +240,15 @@ def _xtext(value: str) -> str:
                    for c in value.encode("utf-8", "surrogateescape").decode("latin-1"))
 
 
+def passed_back(reply: Reply) -> Reply:
+    """A next hop's reply as our client gets it: the first PASSED_BACK_LINES
+    lines, printable ASCII only, each at most PASSED_BACK_LINE characters.
+    Our own replies (already so) come back as they are."""
+    lines = reply.text.split("\n")
+    short = [_UNPRINTABLE.sub("?", line[:PASSED_BACK_LINE]) for line in lines[:PASSED_BACK_LINES]]
+    return reply if short == lines else Reply(reply.code, "\n".join(short))
+
+
 class SMTPNextHop:
     """An SMTP server as next hop, through a pool of at most `max_connections`.
 
@@ -253,7 +277,7 @@ class SMTPNextHop:
     async def _connect(self) -> _Connection:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=1 << 20), CONNECT_TIMEOUT)
+                asyncio.open_connection(self.host, self.port, limit=REPLY_LINE_LIMIT), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
         except OSError:
@@ -323,9 +347,10 @@ class SMTPNextHop:
         else:
             await self._slots.acquire()  # free: no wait, no timer
         try:
-            return await self._deliver(envelope)
+            result = await self._deliver(envelope)
         finally:
             self._slots.release()
+        return {rcpt: passed_back(reply) for rcpt, reply in result.items()}
 
     async def _deliver(self, envelope: Envelope) -> dict[str, Reply]:
         for attempt in (1, 2):

@@ -81,6 +81,7 @@ REPLAY_CACHE_DOWN = Reply(451, "4.3.0 Replay cache unavailable, try again later"
 NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1 Next hop unreachable, try again later")
 NEXT_HOP_TIMEOUT = Reply(451, "4.4.2 Next hop timed out, try again later")
 NEXT_HOP_PROTOCOL = Reply(451, "4.5.0 Next hop answered out of protocol, try again later")
+NEXT_HOP_REPLY_TOO_LONG = Reply(451, "4.5.0 Next hop sent an overlong reply, try again later")
 NEXT_HOP_BUSY = Reply(451, "4.4.5 All connections to the next hop stayed busy, try again later")
 NEXT_HOP_TLS_INJECTION = Reply(451, "4.7.0 Next hop sent data before the TLS handshake (reply injection?), "
                                     "try again later")
