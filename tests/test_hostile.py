@@ -710,8 +710,10 @@ def test_limits_and_timeouts_are_settings_with_clear_errors(tmp_path):
     chosen = server(idle_timeout="90s", data_timeout=2, max_connections_per_client=5, max_connections=20)
     assert (chosen.idle_timeout, chosen.data_timeout, chosen.max_connections_per_client,
             chosen.max_connections) == (90, 2, 5, 20)
+    assert defaults.max_recipients == 1000 and server(max_recipients=100).max_recipients == 100
     for key, value in (("idle_timeout", "soon"), ("data_timeout", 0), ("max_connections", 0),
-                       ("max_connections_per_client", "many"), ("max_connections", True)):
+                       ("max_connections_per_client", "many"), ("max_connections", True),
+                       ("max_recipients", 0), ("max_recipients", 100_001)):
         with pytest.raises(config_mod.ConfigError, match=rf"\[server\] {key}"):
             server(**{key: value})
     # the unit leaves room for every client connection the default allows, and both next-hop pools

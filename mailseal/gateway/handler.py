@@ -73,6 +73,13 @@ class BaseHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
+    def rcpt_refusal(self, envelope, address: str) -> Reply | None:
+        """Why RCPT refuses this recipient, or None: one too many for the
+        transaction (452, the client sends the rest in another), or the address."""
+        if len(envelope.rcpt_tos) >= self.ctx.config.server.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        return self.address_refusal(envelope, address, sender=False)
+
     @staticmethod
     def address_refusal(envelope, address: str, *, sender: bool) -> Reply | None:
         """Why MAIL (sender) or RCPT refuses this address at the edge, or None.

@@ -41,6 +41,7 @@ XFORWARD_BAD = Reply(501, "5.5.4 Bad XFORWARD attribute")
 BAD_ADDRESS = Reply(553, "5.1.3 Invalid recipient address")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7 Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3 Bad recipient address syntax")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")  # RFC 5321 4.5.3.1.10: send the rest later
 SOURCE_ROUTED = Reply(553, "5.1.3 Source-routing syntax (% or ! in the local part) is not accepted")
 EIGHT_BIT_ADDRESS = Reply(553, "5.6.7 Non-ASCII address without SMTPUTF8")
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error, try again later")
