@@ -279,12 +279,17 @@ BAD_MAIL = [("MAIL FROM:<alice@a.test> SIZE=\u00b2", b"501 5.5.4"),  # a digit t
 BAD_RCPT = ["RCPT TO:<x@[\\]>", "RCPT TO:<a@[-)@\r(\u00df\\;>", "RCPT TO:\\x\u00dftest\u0130@[ "]
 
 
+def greeted(net, listener: str) -> Raw:
+    """A session past EHLO at daemon "a" (outbound) or "b" (inbound)."""
+    daemon = net[listener]
+    c = Raw(daemon.outbound_port if listener == "a" else daemon.inbound_port)
+    c.cmd(b"EHLO c.test")
+    return c
+
+
 @pytest.mark.parametrize("listener", ["a", "b"])
 def test_addresses_that_made_the_parser_raise_are_5xx_and_keep_the_transaction(net, listener):
-    daemon = net[listener]
-    port = daemon.outbound_port if listener == "a" else daemon.inbound_port
-    with Raw(port) as c:
-        c.cmd(b"EHLO c.test")
+    with greeted(net, listener) as c:
         for line, code in BAD_MAIL:
             reply = c.cmd(line.encode())
             assert reply[0].startswith(code), (line, reply)
@@ -299,7 +304,7 @@ def test_addresses_that_made_the_parser_raise_are_5xx_and_keep_the_transaction(n
             assert c.reply()[0].startswith(b"250 ")
             [copy] = net["wire"].wait(1)
             assert copy.rcpts == ["bob@b.test"] and bundle.is_sealed(copy.data)
-    assert "internal error" not in daemon.log_text()
+    assert "internal error" not in net[listener].log_text()
 
 
 # `user%domain@here` and `domain!user@here`: a Postfix next hop (allow_percent_hack,
@@ -310,15 +315,13 @@ SOURCE_ROUTED = [b"bob%b.test@mx.a.test", b"b.test!bob@mx.a.test", b"bob%b.test%
 
 @pytest.mark.parametrize("listener", ["a", "b"])
 def test_source_routed_recipients_are_refused_at_rcpt(net, listener):
-    daemon = net[listener]
-    port = daemon.outbound_port if listener == "a" else daemon.inbound_port
-    with Raw(port) as c:
-        c.cmd(b"EHLO c.test")
+    with greeted(net, listener) as c:
         assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
         for rcpt in SOURCE_ROUTED:
             reply = c.cmd(b"RCPT TO:<" + rcpt + b">")
             assert reply[0].startswith(b"553 5.1.3"), (rcpt, reply)
         assert c.cmd(b"DATA")[0].startswith(b"503 5.5.1")  # nobody accepted
+    assert "reason=source-routed" in net[listener].log_text()
     assert net["wire"].messages == [] and net["final"].messages == []
 
 

@@ -143,6 +143,7 @@ class BaseHandler:
     def log_rcpt_refused(self, address: str | None, reason: str, reply: Reply | str) -> None:
         """A recipient refused at RCPT; `address` None when it must not be repeated (bad syntax)."""
         text = reply if isinstance(reply, str) else str(reply)
+        reason = _RCPT_REASONS.get(reply, reason) if isinstance(reply, Reply) else reason
         fields = {"event": "rcpt-refused", "direction": self.direction,
                   **(recipients_field([address], self.ctx.config.server.log_recipients) if address else {}),
                   "reason": reason,
@@ -168,6 +169,10 @@ def _short(reply: Reply) -> str:
     """`250 2.0.0`: the code and enhanced status, not the text (it may quote content)."""
     status = reply.text.split(None, 1)[0] if reply.text else ""
     return f"{reply.code} {status}" if re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status) else str(reply.code)
+
+
+# Refusals from rcpt_refusal that are not a bad address, named as such in the log.
+_RCPT_REASONS = {replies.TOO_MANY_RECIPIENTS: "too-many-recipients", replies.SOURCE_ROUTED: "source-routed"}
 
 
 def format_fields(fields: dict) -> str:

@@ -398,6 +398,9 @@ class SMTPNextHop:
         connections; no more than the new limit are in use once they finish."""
         self.max_connections = max_connections
         self._slots.resize(max_connections)
+        while len(self._idle) > max_connections:  # fewer now: the oldest idle ones go
+            conn, _ = self._idle.pop(0)
+            conn.close()
 
     async def deliver(self, envelope: Envelope) -> dict[str, Reply]:
         """Send one message; return the next hop's verdict for each recipient."""
