@@ -19,6 +19,7 @@ from . import headerfilter
 
 DEFAULT_LOCATIONS = (Path("/etc/mailseal/mailseal.toml"), Path("config/mailseal.toml"))
 POLICIES = ("require", "opportunistic", "plain")
+MAX_RECIPIENTS = 100_000  # [server] max_recipients, at most
 MAX_CONNECTIONS = 100_000  # [server] max_connections and max_connections_per_client, at most
 MAX_NEXT_HOP_CONNECTIONS = 1000
 
@@ -115,6 +116,7 @@ class ServerConfig:
     data_timeout: int = 300  # seconds a client may go without sending a byte within DATA
     max_connections_per_client: int = 50  # per client address and process
     max_connections: int = 1000  # per process, all listeners together
+    max_recipients: int = 1000  # RCPTs accepted in one transaction (RFC 5321 4.5.3.1.8: at least 100)
     log_recipients: str = "full"  # or "domains", "count": what the per-message line says of recipients
     log_format: str = "text"  # or "json": one JSON object a line
 
@@ -347,6 +349,7 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
         data_timeout=_timeout(sv, "data_timeout", "5m"),
         max_connections_per_client=sv.count("max_connections_per_client", 50, MAX_CONNECTIONS),
         max_connections=sv.count("max_connections", 1000, MAX_CONNECTIONS),
+        max_recipients=sv.count("max_recipients", 1000, MAX_RECIPIENTS),
         log_recipients=sv.choice("log_recipients", "full", ("full", "domains", "count")),
         log_format=sv.choice("log_format", "text", ("text", "json")),
     )

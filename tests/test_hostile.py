@@ -271,6 +271,60 @@ def test_nested_comments_in_mail_from_are_a_malformed_address(net):
         assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
 
 
+# Input that made a parser raise (AttributeError, UnboundLocalError, ValueError),
+# found by fuzzing the MAIL/RCPT path: each is bad input, not our fault.
+BAD_MAIL = [("MAIL FROM:<alice@a.test> SIZE=\u00b2", b"501 5.5.4"),  # a digit to isdigit(), not to int()
+            ("MAIL FROM:<alice@a.test> SIZE=\u0661\u0662", b"501 5.5.4"),
+            ("MAIL FROM:<a@[X\\]>", b"553 5.1.3")]
+BAD_RCPT = ["RCPT TO:<x@[\\]>", "RCPT TO:<a@[-)@\r(\u00df\\;>", "RCPT TO:\\x\u00dftest\u0130@[ "]
+
+
+def greeted(net, listener: str) -> Raw:
+    """A session past EHLO at daemon "a" (outbound) or "b" (inbound)."""
+    daemon = net[listener]
+    c = Raw(daemon.outbound_port if listener == "a" else daemon.inbound_port)
+    c.cmd(b"EHLO c.test")
+    return c
+
+
+@pytest.mark.parametrize("listener", ["a", "b"])
+def test_addresses_that_made_the_parser_raise_are_5xx_and_keep_the_transaction(net, listener):
+    with greeted(net, listener) as c:
+        for line, code in BAD_MAIL:
+            reply = c.cmd(line.encode())
+            assert reply[0].startswith(code), (line, reply)
+        assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
+        assert c.cmd(b"RCPT TO:<bob@b.test>")[0].startswith(b"250 ")
+        for line in BAD_RCPT:
+            reply = c.cmd(line.encode())
+            assert reply[0].startswith(b"553 5.1.3") or reply[0].startswith(b"501 5.1.3"), (line, reply)
+        if listener == "a":  # the transaction went on: bob's copy is sealed and sent
+            assert c.cmd(b"DATA")[0].startswith(b"354")
+            c.send(stuffed(PLAIN))
+            assert c.reply()[0].startswith(b"250 ")
+            [copy] = net["wire"].wait(1)
+            assert copy.rcpts == ["bob@b.test"] and bundle.is_sealed(copy.data)
+    assert "internal error" not in net[listener].log_text()
+
+
+# `user%domain@here` and `domain!user@here`: a Postfix next hop (allow_percent_hack,
+# swap_bangpath) sends them to user@domain, which mailseal did not decide for.
+SOURCE_ROUTED = [b"bob%b.test@mx.a.test", b"b.test!bob@mx.a.test", b"bob%b.test%relay.test@mx.a.test",
+                 b'"bob@b.test"@mx.a.test', b'"bob%b.test"@mx.a.test']
+
+
+@pytest.mark.parametrize("listener", ["a", "b"])
+def test_source_routed_recipients_are_refused_at_rcpt(net, listener):
+    with greeted(net, listener) as c:
+        assert c.cmd(b"MAIL FROM:<alice@a.test>")[0].startswith(b"250 ")
+        for rcpt in SOURCE_ROUTED:
+            reply = c.cmd(b"RCPT TO:<" + rcpt + b">")
+            assert reply[0].startswith(b"553 5.1.3"), (rcpt, reply)
+        assert c.cmd(b"DATA")[0].startswith(b"503 5.5.1")  # nobody accepted
+    assert "reason=source-routed" in net[listener].log_text()
+    assert net["wire"].messages == [] and net["final"].messages == []
+
+
 class FailingHandler:
     """A handler with a bug: DATA raises. The edge's own code handles it."""
 
@@ -664,8 +718,10 @@ def test_limits_and_timeouts_are_settings_with_clear_errors(tmp_path):
     chosen = server(idle_timeout="90s", data_timeout=2, max_connections_per_client=5, max_connections=20)
     assert (chosen.idle_timeout, chosen.data_timeout, chosen.max_connections_per_client,
             chosen.max_connections) == (90, 2, 5, 20)
+    assert defaults.max_recipients == 1000 and server(max_recipients=100).max_recipients == 100
     for key, value in (("idle_timeout", "soon"), ("data_timeout", 0), ("max_connections", 0),
-                       ("max_connections_per_client", "many"), ("max_connections", True)):
+                       ("max_connections_per_client", "many"), ("max_connections", True),
+                       ("max_recipients", 0), ("max_recipients", 100_001)):
         with pytest.raises(config_mod.ConfigError, match=rf"\[server\] {key}"):
             server(**{key: value})
     # the unit leaves room for every client connection the default allows, and both next-hop pools

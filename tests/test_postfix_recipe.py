@@ -15,6 +15,7 @@ import time
 import pytest
 
 from .postfix import available
+from .harness import Sink
 from .postfix_recipe import RecipeHost, Wire
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and Debian's postfix (make test installs it)")
@@ -142,3 +143,29 @@ def test_mail_from_outside_forwarded_by_an_alias_is_never_signed(hosts, tmp_path
     got = arrives(hosts["b"], b"SECRET-7", hosts["a"])
     assert trace(got).startswith(b"opened; unsigned; serial=")
     assert_sealed_on_the_wire(hosts["wire"], b"SECRET-7")
+
+
+@pytest.mark.parametrize("rcpt", ["bob%b.test@mx.a.test", "b.test!bob@mx.a.test"])
+def test_percent_hack_and_bang_path_spellings_do_not_leave_in_clear(hosts, tmp_path, rcpt):
+    """The attacker's spelling of a `require` recipient through a host whose
+    own name is local (Debian's default mydestination): Postfix's percent
+    hack or bang-path swap would route it to bob@b.test after mailseal
+    decided for mx.a.test (clear). Refused or bounced; never sent in clear."""
+    with Sink() as internet:
+        host = RecipeHost("a.test", internet=internet.port)
+        try:
+            with open(host.etc / "main.cf", "a") as cf:
+                cf.write("\n# as on a stock Debian host\nmydestination = $myhostname, localhost.$mydomain, localhost\n")
+            host.mailseal.cli("keys", "import", "@b.test", str(hosts["b"].base / "b.card"))
+            host.mailseal.cli("policy", "set", "@b.test", "require")
+            host.start()
+            marker = b"SECRET-%d" % (20 + len(rcpt))
+            out = swaks(host.ports["submission"], rcpt, message(20 + len(rcpt), rcpt), tmp_path)
+            # Refused at once, or taken and then bounced or sent on: settled.
+            host.wait(lambda: host.queued() == 0 and (out.returncode != 0 or internet.messages
+                                                      or "status=bounced" in host.log()), 60, "the message settled")
+            assert all(marker not in m.data for m in internet.messages), "sent in clear to the internet"
+            assert all(rcpt not in "".join(m.rcpts) and "bob@b.test" not in m.rcpts for m in internet.messages)
+        finally:
+            host.stop()
+            host.cleanup()

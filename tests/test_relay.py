@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import signal
 import ssl
+import smtplib
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +132,8 @@ class ScriptedHop:
                     await self._finish(writer, "BDAT", rcpts, content, content)
                 else:
                     writer.write(OK_250)
+            elif verb == "XFORWARD":
+                writer.write(OK_250)
             elif verb == "QUIT":
                 writer.write(b"221 2.0.0 Bye\r\n")
                 return
@@ -233,6 +238,61 @@ def test_out_of_protocol_data_reply_gives_451_through_mailseal_serve(tmp_path):
             d.stop()
         assert hop.messages == [] and hop.connections == 2
         assert "Traceback" not in d.log_text()
+
+
+# --- a lying next hop's endless reply, and what of its text reaches our client -----
+
+ENDLESS = [
+    ("dot", b"".join(b"250-" + b"y" * 1000 + b"\r\n" for _ in range(3000)) + b"250 ok\r\n"),  # 3 MB, 3,001 lines
+    ("dot", b"250-" + b"y" * 200_000 + b"\r\n250 ok\r\n"),  # one line of 200 kB
+    ("EHLO", b"".join(b"250-X%d\r\n" % i for i in range(150)) + b"250 ok\r\n"),  # short lines, too many
+    ("RCPT", b"".join(b"550-" + b"z" * 400 + b"\r\n" for _ in range(200)) + b"550 no\r\n"),
+]
+
+
+@pytest.mark.parametrize("step,lie", ENDLESS, ids=["dot-3MB", "dot-one-line", "EHLO-151-lines", "RCPT-80kB"])
+def test_an_overlong_reply_is_451_and_the_connection_is_dropped(step, lie):
+    with ScriptedHop(lies={step: lie}) as hop:
+        first, second = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope(), envelope())
+        assert first == second == {"b@b.test": replies.NEXT_HOP_REPLY_TOO_LONG}
+        assert hop.connections == 2
+
+
+def test_a_next_hops_reply_reaches_our_client_short_and_printable(tmp_path):
+    lie = (b"550-5.1.1 <x@x.test> gone \x1b[31m\xc3\xa9t\xc3\xa9\x07\r\n550-5.1.1 second " + b"w" * 400 + b"\r\n"
+           + b"550-5.1.1 third line\r\n550 5.1.1 last line\r\n")
+    with ScriptedHop(lies={"RCPT": lie}) as hop:
+        [result] = deliver(SMTPNextHop("127.0.0.1", hop.port), envelope())
+        passed = result["b@b.test"]
+        assert passed.code == 550 and passed.text.splitlines()[0] == "5.1.1 <x@x.test> gone ?[31m?t??"
+        assert len(passed.text.splitlines()) == 2 and len(passed.text.splitlines()[1]) == 200
+        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{hop.port}"}).start()
+        try:
+            t = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], MESSAGE)
+        finally:
+            d.stop()
+        code, text = t.data  # smtplib joins a reply's lines with LF
+        assert code == 550 and text.startswith(b"5.1.1 <x@x.test> gone ?[31m?t??\n5.1.1 second www"), t
+        assert text.count(b"\n") == 1 and b"third" not in text and all(32 <= c < 127 or c == 10 for c in text)
+
+
+def test_xforward_values_reach_the_next_hop_as_postfix_sent_them(tmp_path):
+    """XFORWARD values are xtext (RFC 3461): decoded on the way in and encoded
+    once on the way out, not twice (`+20` used to leave as `+2B20`)."""
+    sent = "NAME=mail+2Dout.example.org ADDR=192.0.2.1 HELO=[192.0.2.1]+20evil+C3+A9 PROTO=ESMTP"
+    with ScriptedHop(extensions=("PIPELINING", "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE")) as hop:
+        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{hop.port}"}).start()
+        try:
+            t = smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], MESSAGE, xforward=sent)
+            with smtplib.SMTP("127.0.0.1", d.outbound_port, timeout=60) as c:
+                c.ehlo("c.test")
+                refused = [c.docmd("XFORWARD", attrs) for attrs in ("NAME=a+0Ab", "NAME=a+2", "NAME=a+zz")]
+        finally:
+            d.stop()
+        assert t.data[0] == 250, t
+        [xforward] = [c for c in hop.commands if c.startswith("XFORWARD")]
+        assert sorted(xforward.split()[1:]) == sorted(sent.replace("mail+2Dout", "mail-out").split())
+        assert refused == [(501, b"5.5.4 Bad XFORWARD attribute")] * 3
 
 
 # --- issue 8 item 13: STARTTLS reply injection ------------------------------------
@@ -439,27 +499,160 @@ def test_a_copy_waits_for_a_free_connection_only_so_long():
         assert hop.connections == 1 and [r for r, _, _ in hop.messages] == [["first@b.test"]]
 
 
+def daemon_with_key(directory, next_hop_port: int, **sections) -> Daemon:
+    """An outbound daemon holding a domain key for @b.test."""
+    d = Daemon(directory, outbound={"next_hop": f"127.0.0.1:{next_hop_port}", **sections.pop("outbound", {})},
+               **sections)
+    generated = run_cli("keygen").stdout.decode().splitlines()
+    d.cli("keys", "import", "@b.test", next(line.split(": ", 1)[1] for line in generated
+                                            if line.startswith("# public key: ")))
+    return d
+
+
+THIRTY_KB = MESSAGE + (b"x" * 76 + b"\r\n") * 390
+
+
 def test_a_thousand_bcc_copies_through_mailseal_serve(tmp_path):
+    """1,000 Bcc recipients of 30 kB: every copy sealed and sent over the
+    bounded pool; the 1,001st recipient is one too many (452 4.5.3, sent
+    later by the client); and another client's NOOPs, sent without pause
+    meanwhile, are each answered at once: sealing 1,000 copies back to back
+    on the event loop held them 1.6-2.3 s here; now the longest wait is
+    0.1-0.5 s (copies are sealed one a free connection, in threads)."""
     with CountingSink() as sink:
-        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{sink.port}"})
-        generated = run_cli("keygen").stdout.decode().splitlines()
-        d.cli("keys", "import", "@b.test", next(line.split(": ", 1)[1] for line in generated
-                                                if line.startswith("# public key: ")))
-        d.start()
+        d = daemon_with_key(tmp_path / "d", sink.port).start()
+        done = threading.Event()
+        result = {}
+        rcpts = [f"r{i}@b.test" for i in range(1001)]
+
+        def send():
+            try:
+                started = time.monotonic()
+                result["t"] = smtp_transaction(d.outbound_port, "a@a.test", rcpts, THIRTY_KB)
+                result["took"] = time.monotonic() - started
+            finally:
+                done.set()
+
+        latencies = []
         try:
-            rcpts = [f"r{i}@b.test" for i in range(1000)]
-            started = time.monotonic()
-            t = smtp_transaction(d.outbound_port, "a@a.test", rcpts, MESSAGE)
-            took = time.monotonic() - started
+            with smtplib.SMTP("127.0.0.1", d.outbound_port, timeout=60) as other:
+                other.ehlo("other.test")
+                sender = threading.Thread(target=send)
+                sender.start()
+                while not done.is_set():
+                    started = time.monotonic()
+                    assert other.noop()[0] == 250
+                    latencies.append(time.monotonic() - started)
+                sender.join()
         finally:
             d.stop()
+        t = result["t"]
         assert t.data[0] == 250, t.data
+        assert [r[0] for r in t.rcpts] == [250] * 1000 + [452]
+        assert t.rcpts[-1][1] == b"4.5.3 Too many recipients"
         # Every recipient is a Bcc: a sealed copy each, over the default 10 connections.
-        assert sorted(r for m in sink.messages for r in m.rcpts) == sorted(rcpts)
+        assert sorted(r for m in sink.messages for r in m.rcpts) == sorted(rcpts[:1000])
         assert len(sink.messages) == 1000
         assert sink.peak == 10
-        assert took < 60, f"1,000 copies took {took:.0f} s"
+        assert result["took"] < 60, f"1,000 copies took {result['took']:.0f} s"
+        assert len(latencies) > 1 and max(latencies) < 1.0, max(latencies)
         assert "Traceback" not in d.log_text()
+
+
+def peak_rss_since_reset(pid: int) -> int:
+    """Peak resident memory (kB) since reset_peak_rss."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def wait_until_idle(pid: int, timeout: float = 60) -> None:
+    """Until the process has used no CPU for a while: whatever it would do
+    before the next hop answers, it has done."""
+    def ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+
+    deadline, last, quiet = time.monotonic() + timeout, ticks(), 0
+    while quiet < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = ticks()
+        quiet, last = (quiet + 1 if now == last else 0), now
+    assert quiet >= 3, "the daemon never went idle"
+
+
+def test_copies_waiting_for_a_connection_are_not_sealed_yet(tmp_path):
+    """30 Bcc copies of 1 MB behind a next hop that holds its replies, 2
+    connections: only the copies being sent are sealed and held in memory
+    (sealing all first took 1.37 x 1 MB x 30 = 41 MB more)."""
+    message = MESSAGE + (b"y" * 76 + b"\r\n") * 13_000
+    with ScriptedHop(hold=True) as hop:
+        d = daemon_with_key(tmp_path / "d", hop.port, outbound={"next_hop_connections": 2}).start()
+        result = {}
+        try:
+            reset_peak_rss(d.proc.pid)
+            base = peak_rss_since_reset(d.proc.pid)
+            sender = threading.Thread(target=lambda: result.update(
+                t=smtp_transaction(d.outbound_port, "a@a.test", [f"r{i}@b.test" for i in range(30)], message)))
+            sender.start()
+            assert hop.data_seen.wait(60)
+            wait_until_idle(d.proc.pid)
+            grew = peak_rss_since_reset(d.proc.pid) - base
+            hop.release.set()
+            sender.join(120)
+        finally:
+            hop.release.set()
+            d.stop()
+        assert result["t"].data[0] == 250, result["t"]
+        assert len(hop.messages) == 30
+        assert grew < 20_000, f"{grew} kB more while 28 copies waited"
+
+
+def test_a_reload_resizes_the_pool_copies_in_flight_and_new_ones_share(tmp_path):
+    """SIGHUP while copies wait for the next hop: the pool is kept and resized
+    (2 -> 3 connections), so copies in flight and those that come after the
+    reload share one bound; a new pool beside the old one used to double it."""
+    with ScriptedHop(hold=True) as hop:
+        d = Daemon(tmp_path / "d", outbound={"next_hop": f"127.0.0.1:{hop.port}", "next_hop_connections": 2})
+        d.start()
+        results = []
+
+        def send(n: int) -> list[threading.Thread]:
+            threads = [threading.Thread(target=lambda: results.append(
+                smtp_transaction(d.outbound_port, "a@a.test", ["x@x.test"], MESSAGE).data[0])) for _ in range(n)]
+            for thread in threads:
+                thread.start()
+            return threads
+
+        def wait_for(predicate, what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not predicate() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert predicate(), what
+
+        try:
+            threads = send(4)
+            wait_for(lambda: hop.connections == 2, "two copies at the next hop")
+            wait_until_idle(d.proc.pid)  # the other two wait in the pool
+            assert hop.connections == 2
+            d.config.write_text(d.config.read_text().replace("next_hop_connections = 2", "next_hop_connections = 3"))
+            d.signal(signal.SIGHUP)
+            wait_for(lambda: "configuration reloaded" in d.log_text(), "the reload")
+            wait_for(lambda: hop.connections == 3, "a waiting copy got the third connection")
+            threads += send(2)
+            wait_until_idle(d.proc.pid)
+            assert hop.connections == 3, "copies after the reload opened connections beyond the bound"
+            hop.release.set()
+            for thread in threads:
+                thread.join(60)
+        finally:
+            hop.release.set()
+            d.stop()
+        assert results == [250] * 6
+        assert len(hop.messages) == 6 and hop.connections == 3
 
 
 # --- the setting --------------------------------------------------------------------

@@ -16,6 +16,10 @@ from .replies import Reply
 
 log = logging.getLogger("mailseal.gateway")
 _SIZE = re.compile(r"SIZE=(\S*)", re.I)
+# `user%domain@here` and `domain!user@here`: a next hop with Postfix's
+# percent hack or bang-path swap delivers them to user@domain, which mailseal
+# would not have decided for (a `require` bypass). A quoted `@` is the same.
+_SOURCE_ROUTING = frozenset("%!@")
 
 
 def log_safe(text: str) -> str:
@@ -54,7 +58,8 @@ class BaseHandler:
         for option in mail_options:
             match = _SIZE.fullmatch(option)
             if match:
-                if not match.group(1).isdigit():
+                # ASCII digits only: str.isdigit also takes "²", which int() refuses.
+                if not (match.group(1).isascii() and match.group(1).isdigit()):
                     return str(replies.BAD_SIZE)
                 if int(match.group(1)) > self.size_limit():
                     return str(replies.MESSAGE_TOO_BIG)
@@ -80,25 +85,36 @@ class BaseHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
+    def rcpt_refusal(self, envelope, address: str) -> Reply | None:
+        """Why RCPT refuses this recipient, or None: one too many for the
+        transaction (452, the client sends the rest in another), or the address."""
+        if len(envelope.rcpt_tos) >= self.ctx.config.server.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        return self.address_refusal(envelope, address, sender=False)
+
     @staticmethod
     def address_refusal(envelope, address: str, *, sender: bool) -> Reply | None:
         """Why MAIL (sender) or RCPT refuses this address at the edge, or None.
 
         The reply never repeats the address: it may hold control characters.
+        A recipient whose local part holds source-routing syntax (`%`, `!`)
+        is refused: the next hop could route it elsewhere than it reads.
         """
         try:
             check_envelope_address(address, bool(envelope.smtp_utf8))
         except EightBitAddress:
             return replies.EIGHT_BIT_ADDRESS
-        except AddressError:
+        except Exception:  # noqa: BLE001 - whatever a parser raises on hostile input, it is bad input
             return replies.BAD_SENDER_SYNTAX if sender else replies.BAD_RECIPIENT_SYNTAX
+        if not sender and not _SOURCE_ROUTING.isdisjoint(address.rpartition("@")[0]):
+            return replies.SOURCE_ROUTED
         return None
 
     @staticmethod
     def address(text: str):
         try:
             return parse_address(text)
-        except AddressError:
+        except Exception:  # noqa: BLE001 - AddressError, or a parser's failure on hostile input
             return None
 
     def lmtp(self, server) -> bool:
@@ -140,6 +156,7 @@ class BaseHandler:
     def log_rcpt_refused(self, address: str | None, reason: str, reply: Reply | str) -> None:
         """A recipient refused at RCPT; `address` None when it must not be repeated (bad syntax)."""
         text = reply if isinstance(reply, str) else str(reply)
+        reason = _RCPT_REASONS.get(reply, reason) if isinstance(reply, Reply) else reason
         fields = {"event": "rcpt-refused", "direction": self.direction,
                   **(recipients_field([address], self.ctx.config.server.log_recipients) if address else {}),
                   "reason": reason,
@@ -165,6 +182,10 @@ def _short(reply: Reply) -> str:
     """`250 2.0.0`: the code and enhanced status, not the text (it may quote content)."""
     status = reply.text.split(None, 1)[0] if reply.text else ""
     return f"{reply.code} {status}" if re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status) else str(reply.code)
+
+
+# Refusals from rcpt_refusal that are not a bad address, named as such in the log.
+_RCPT_REASONS = {replies.TOO_MANY_RECIPIENTS: "too-many-recipients", replies.SOURCE_ROUTED: "source-routed"}
 
 
 def format_fields(fields: dict) -> str:

@@ -102,7 +102,7 @@ class InboundHandler(BaseHandler):
         return sealed_size_limit(self.ctx.config.server.max_message_size)
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
-        refusal = self.address_refusal(envelope, address, sender=False)
+        refusal = self.rcpt_refusal(envelope, address)
         if refusal is not None:
             self.log_rcpt_refused(None, "bad-address", refusal)
             return str(refusal)

@@ -115,7 +115,7 @@ class OutboundHandler(BaseHandler):
         return self.ctx.config.outbound.mode == explain.SHADOW
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
-        refusal = self.address_refusal(envelope, address, sender=False)
+        refusal = self.rcpt_refusal(envelope, address)
         if refusal is not None:
             self.log_rcpt_refused(None, "bad-address", refusal)
             return str(refusal)
@@ -170,6 +170,9 @@ class OutboundHandler(BaseHandler):
         if todo:
             in_thread = off_loop(message)
             copies, summary, hidden = await _run(in_thread, plan, todo, message)
+            # Many sealed copies of one message are as much work as one large
+            # message: past the inline limit in all, they are sealed in threads.
+            in_thread = in_thread or sum(c.sealed for c in copies) * len(message) > INLINE_SEAL_LIMIT
             if self.shadow:
                 # What would have happened is logged; the mail goes as it came.
                 summary = "shadow:" + summary
@@ -184,28 +187,33 @@ class OutboundHandler(BaseHandler):
     async def _send(self, copy: policy.Copy, envelope, session, message: bytes, in_thread: bool
                     ) -> dict[str, Reply]:
         smtputf8, eight_bit = envelope_flags(envelope)
-        if copy.sealed:
-            # The copy is bound to its envelope recipients: the receiving
-            # gateway opens it for them and nobody else.
-            bind = [self.address(r).owner for r in copy.rcpts]
-            try:
-                # Signed with the envelope sender's key, else its domain's (if we hold one).
-                sender = self.address(envelope.mail_from) if envelope.mail_from else None
-                signer = self.ctx.keystore.signing_key_for(sender) if sender and self.signs else None
-                if copy.format != policy.AGE:  # PGP/MIME or S/MIME: no binding, no mailseal signature
-                    data = await asyncio.to_thread(partner_copy.seal, copy.format, message, copy.certificates)
-                else:
-                    data = await _run(in_thread, bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind,
-                                      signer=signer)
-            except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
-                log.error("outbound: sealing failed: %s", type(exc).__name__)
-                return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)
-            eight_bit = False  # the sealed form is 7-bit clean
-        else:
-            data = message
-        next_hop = self.ctx.outbound_next_hop
-        return await next_hop.deliver(Envelope(envelope.mail_from, copy.rcpts, data, smtputf8, eight_bit,
-                                               session_xforward(session)))
+
+        async def prepare() -> Envelope | dict[str, Reply]:
+            # Run once the copy holds a next-hop connection slot: of a
+            # thousand Bcc copies, only as many are sealed (and held in
+            # memory) as can be sent at once.
+            data, seven_bit = message, False
+            if copy.sealed:
+                # The copy is bound to its envelope recipients: the receiving
+                # gateway opens it for them and nobody else.
+                bind = [self.address(r).owner for r in copy.rcpts]
+                try:
+                    # Signed with the envelope sender's key, else its domain's (if we hold one).
+                    sender = self.address(envelope.mail_from) if envelope.mail_from else None
+                    signer = self.ctx.keystore.signing_key_for(sender) if sender and self.signs else None
+                    if copy.format != policy.AGE:  # PGP/MIME or S/MIME: no binding, no mailseal signature
+                        data = await asyncio.to_thread(partner_copy.seal, copy.format, message, copy.certificates)
+                    else:
+                        data = await _run(in_thread, bundle.seal, message, copy.keys, eol=b"\r\n", bind=bind,
+                                          signer=signer)
+                except Exception as exc:  # noqa: BLE001 - any failure: never send in clear
+                    log.error("outbound: sealing failed: %s", type(exc).__name__)
+                    return dict.fromkeys(copy.rcpts, replies.SEAL_FAILED)
+                seven_bit = True  # the sealed form is 7-bit clean
+            return Envelope(envelope.mail_from, copy.rcpts, data, smtputf8, eight_bit and not seven_bit,
+                            session_xforward(session))
+
+        return await self.ctx.outbound_next_hop.deliver_prepared(copy.rcpts, prepare)
 
 
 class ForwardHandler(OutboundHandler):

@@ -11,12 +11,13 @@ for) is a 4xx too, and that connection is dropped, never reused.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import re
 import socket
 import ssl
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,17 @@ DEFAULT_CONNECTIONS = 10  # per next hop: [outbound]/[inbound] next_hop_connecti
 QUEUE_TIMEOUT = 300.0  # the longest a copy waits for a free connection
 IDLE_REUSE = 60.0  # an idle connection older than this is closed, not reused
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+# A next hop's reply, bounded (RFC 5321 4.5.3.1.5 allows 512 octets a line; an
+# EHLO lists a few dozen lines): beyond any of these, 451 4.5.0 and the
+# connection is dropped, so a lying next hop cannot make us buffer without end.
+REPLY_LINE_LIMIT = 4096  # octets a line (the stream reader's limit)
+REPLY_LINES = 100
+REPLY_BYTES = 64 * 1024
+# What of a next hop's reply text reaches our client: its first lines, printable
+# ASCII, cut short. The next hop's words must not become ours at length.
+PASSED_BACK_LINES = 2
+PASSED_BACK_LINE = 200
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 Buffer = bytes | bytearray | memoryview
@@ -154,12 +166,16 @@ class _Connection:
     async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
         lines = []
         code = None
+        size = 0
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     line = await self.reader.readline()
                     if not line.endswith(b"\n"):
                         raise _Broken(replies.NEXT_HOP_UNREACHABLE)  # closed mid-reply
+                    size += len(line)
+                    if len(lines) >= REPLY_LINES or size > REPLY_BYTES:
+                        raise _Broken(replies.NEXT_HOP_REPLY_TOO_LONG)
                     text = line.decode("utf-8", "replace").rstrip("\r\n")
                     separator = text[3:4]
                     if not _REPLY_CODE.fullmatch(text[:3]) or separator not in ("", " ", "-") \
@@ -174,7 +190,7 @@ class _Connection:
         except TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
         except ValueError:  # a line beyond the reader's limit
-            raise _Broken(replies.NEXT_HOP_PROTOCOL) from None
+            raise _Broken(replies.NEXT_HOP_REPLY_TOO_LONG) from None
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             raise _Broken(replies.NEXT_HOP_UNREACHABLE) from None
 
@@ -225,6 +241,64 @@ def _xtext(value: str) -> str:
                    for c in value.encode("utf-8", "surrogateescape").decode("latin-1"))
 
 
+def passed_back(reply: Reply) -> Reply:
+    """A next hop's reply as our client gets it: the first PASSED_BACK_LINES
+    lines, printable ASCII only, each at most PASSED_BACK_LINE characters.
+    Our own replies (already so) come back as they are."""
+    lines = reply.text.split("\n")
+    short = [_UNPRINTABLE.sub("?", line[:PASSED_BACK_LINE]) for line in lines[:PASSED_BACK_LINES]]
+    return reply if short == lines else Reply(reply.code, "\n".join(short))
+
+
+class _Slots:
+    """A counting limit, like asyncio.Semaphore, that a reload can resize
+    while slots are held; waiters are served first come, first served."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def free(self) -> bool:
+        return self.held < self.limit and not self._waiters
+
+    async def acquire(self) -> None:
+        if self.free():
+            self.held += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as we gave up: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.held < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += 1  # the slot is the waiter's from now
+                waiter.set_result(None)
+
+
+Prepare = Callable[[], Awaitable["Envelope | dict[str, Reply]"]]
+
+
+async def _ready(envelope: Envelope) -> Envelope:
+    return envelope
+
+
 class SMTPNextHop:
     """An SMTP server as next hop, through a pool of at most `max_connections`.
 
@@ -236,14 +310,15 @@ class SMTPNextHop:
 
     def __init__(self, host: str, port: int, *, starttls: bool = False, helo: str | None = None,
                  tls_context: ssl.SSLContext | None = None, max_connections: int = DEFAULT_CONNECTIONS,
-                 queue_timeout: float = QUEUE_TIMEOUT) -> None:
+                 queue_timeout: float = QUEUE_TIMEOUT, tls_source: object = None) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.host, self.port, self.starttls = host, port, starttls
         self.helo = helo or socket.getfqdn()
         self.max_connections, self.queue_timeout = max_connections, queue_timeout
         self._tls = tls_context or ssl.create_default_context()
-        self._slots = asyncio.Semaphore(max_connections)  # one per copy being delivered
+        self._tls_source = tls_source  # what _tls was made from (a reload compares it)
+        self._slots = _Slots(max_connections)  # one per copy being prepared or delivered
         self._idle: list[tuple[_Connection, float]] = []
         self._closed = False
 
@@ -253,7 +328,7 @@ class SMTPNextHop:
     async def _connect(self) -> _Connection:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=1 << 20), CONNECT_TIMEOUT)
+                asyncio.open_connection(self.host, self.port, limit=REPLY_LINE_LIMIT), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             raise _Broken(replies.NEXT_HOP_TIMEOUT) from None
         except OSError:
@@ -312,20 +387,45 @@ class SMTPNextHop:
         else:
             conn.close()
 
+    def same_place(self, other: SMTPNextHop) -> bool:
+        """Whether `other` (from a reloaded configuration) talks to the same
+        next hop the same way, so this pool can go on serving it."""
+        return (self.host, self.port, self.starttls) == (other.host, other.port, other.starttls) \
+            and self._tls_source == other._tls_source
+
+    def resize(self, max_connections: int) -> None:
+        """A reload's new next_hop_connections: copies in flight keep their
+        connections; no more than the new limit are in use once they finish."""
+        self.max_connections = max_connections
+        self._slots.resize(max_connections)
+        while len(self._idle) > max_connections:  # fewer now: the oldest idle ones go
+            conn, _ = self._idle.pop(0)
+            conn.close()
+
     async def deliver(self, envelope: Envelope) -> dict[str, Reply]:
         """Send one message; return the next hop's verdict for each recipient."""
-        if self._slots.locked():  # all connections busy: wait, but not forever
+        return await self.deliver_prepared(envelope.rcpts, lambda: _ready(envelope))
+
+    async def deliver_prepared(self, rcpts: Sequence[str], prepare: Prepare) -> dict[str, Reply]:
+        """Take a connection slot, then make the copy (`prepare`: the Envelope,
+        or the replies that end it, say a failed sealing) and send it: a copy
+        waiting for a connection costs no memory and no sealing yet."""
+        if not self._slots.free():  # all connections busy: wait, but not forever
             try:
                 async with asyncio.timeout(self.queue_timeout):
                     await self._slots.acquire()
             except TimeoutError:
-                return dict.fromkeys(envelope.rcpts, replies.NEXT_HOP_BUSY)
+                return dict.fromkeys(rcpts, replies.NEXT_HOP_BUSY)
         else:
             await self._slots.acquire()  # free: no wait, no timer
         try:
-            return await self._deliver(envelope)
+            prepared = await prepare()
+            if isinstance(prepared, dict):
+                return prepared
+            result = await self._deliver(prepared)
         finally:
             self._slots.release()
+        return {rcpt: passed_back(reply) for rcpt, reply in result.items()}
 
     async def _deliver(self, envelope: Envelope) -> dict[str, Reply]:
         for attempt in (1, 2):
@@ -467,6 +567,10 @@ class MaildirNextHop:
             raise
         return name
 
+    async def deliver_prepared(self, rcpts: Sequence[str], prepare: Prepare) -> dict[str, Reply]:
+        prepared = await prepare()
+        return prepared if isinstance(prepared, dict) else await self.deliver(prepared)
+
     async def deliver(self, envelope: Envelope) -> dict[str, Reply]:
         try:
             name = await asyncio.to_thread(self._write, envelope.data)
@@ -486,4 +590,18 @@ def next_hop_for(config_next_hop) -> SMTPNextHop | MaildirNextHop:
     if config_next_hop.ca_file is not None:
         context = ssl.create_default_context(cafile=str(config_next_hop.ca_file))
     return SMTPNextHop(ep.host, ep.port, starttls=config_next_hop.starttls, tls_context=context,
-                       max_connections=config_next_hop.connections)
+                       max_connections=config_next_hop.connections, tls_source=config_next_hop.ca_file)
+
+
+def reloaded(current, config_next_hop):
+    """The next hop after a reload (or at start, `current` None): the running
+    pool, resized, when it goes to the same place the same way, so copies in
+    flight and new ones count against one limit; else a new one, and the old
+    one's idle connections are closed (those in use close when done)."""
+    fresh = next_hop_for(config_next_hop)
+    if isinstance(current, SMTPNextHop) and isinstance(fresh, SMTPNextHop) and current.same_place(fresh):
+        current.resize(fresh.max_connections)
+        return current
+    if current is not None:
+        asyncio.get_running_loop().create_task(current.close())  # runs to its end in one step
+    return fresh

@@ -41,6 +41,8 @@ XFORWARD_BAD = Reply(501, "5.5.4 Bad XFORWARD attribute")
 BAD_ADDRESS = Reply(553, "5.1.3 Invalid recipient address")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7 Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3 Bad recipient address syntax")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")  # RFC 5321 4.5.3.1.10: send the rest later
+SOURCE_ROUTED = Reply(553, "5.1.3 Source-routing syntax (% or ! in the local part) is not accepted")
 EIGHT_BIT_ADDRESS = Reply(553, "5.6.7 Non-ASCII address without SMTPUTF8")
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2 Service shutting down, try again later")
@@ -82,6 +84,7 @@ REPLAY_CACHE_DOWN = Reply(451, "4.3.0 Replay cache unavailable, try again later"
 NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1 Next hop unreachable, try again later")
 NEXT_HOP_TIMEOUT = Reply(451, "4.4.2 Next hop timed out, try again later")
 NEXT_HOP_PROTOCOL = Reply(451, "4.5.0 Next hop answered out of protocol, try again later")
+NEXT_HOP_REPLY_TOO_LONG = Reply(451, "4.5.0 Next hop sent an overlong reply, try again later")
 NEXT_HOP_BUSY = Reply(451, "4.4.5 All connections to the next hop stayed busy, try again later")
 NEXT_HOP_TLS_INJECTION = Reply(451, "4.7.0 Next hop sent data before the TLS handshake (reply injection?), "
                                     "try again later")

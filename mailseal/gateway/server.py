@@ -28,7 +28,7 @@ from . import instance
 from .inbound import InboundHandler
 from .notify import Monitor, Pulse, reloading, sd_notify
 from .outbound import ForwardHandler, OutboundHandler
-from .relay import next_hop_for
+from .relay import next_hop_for, reloaded
 from .smtp import Admission, make_server, reconfigure
 
 log = logging.getLogger("mailseal.server")
@@ -80,9 +80,9 @@ class Context:
     def apply(self, cfg: config_mod.Config) -> None:
         self.config = cfg
         if cfg.outbound is not None:
-            self.outbound_next_hop = next_hop_for(cfg.outbound.next_hop)
+            self.outbound_next_hop = reloaded(self.outbound_next_hop, cfg.outbound.next_hop)
         if cfg.inbound is not None:
-            self.inbound_next_hop = next_hop_for(cfg.inbound.next_hop)
+            self.inbound_next_hop = reloaded(self.inbound_next_hop, cfg.inbound.next_hop)
             window = Window(cfg.inbound.replay_window, cfg.inbound.max_clock_skew)
             if self.replay_cache is None:
                 self.replay_cache = ReplayCache(cfg.server.state_dir / "replay.sqlite3", window)

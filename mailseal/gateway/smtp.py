@@ -158,6 +158,25 @@ def client_allowed(peer, networks: Sequence[ipaddress._BaseNetwork]) -> bool:
 _PLAIN_ADDRESS = re.compile(r"<([^<>\s\"\\()@,:;]+@[^<>\s\"\\()@,:;]+|)>(.*)", re.S)
 
 
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+_HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def _from_xtext(value: str) -> str | None:
+    """An RFC 3461 xtext value (as Postfix writes XFORWARD's) decoded, or
+    None when it is not xtext or decodes to a control character (no client
+    name holds one; a log line might show it). Decoded bytes that are not
+    UTF-8 are kept as surrogates, so the relay's encoding gives back the
+    same bytes."""
+    if _XTEXT.fullmatch(value) is None:
+        return None
+    raw = _HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), value).encode("latin-1")
+    if _CONTROL.search(raw):
+        return None
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class _EdgeMixin:
     """Shared by the SMTP and LMTP servers; configured by make_server."""
 
@@ -269,8 +288,8 @@ class _EdgeMixin:
         if match is None:
             try:
                 return super()._getaddr(arg)
-            except (RecursionError, ValueError, IndexError):  # 2,000 nested comments, ...
-                return None, None  # "553 5.1.3 malformed address"
+            except Exception:  # noqa: BLE001 - 2,000 nested comments, `<x@[\\]>` (AttributeError), ...
+                return None, None  # "553 5.1.3 malformed address", the transaction kept
         return match.group(1) or "<>", match.group(2).strip()
 
     @syntax("XFORWARD attribute=value ...")
@@ -282,10 +301,11 @@ class _EdgeMixin:
         attrs = {}
         for item in arg.split():
             name, sep, value = item.partition("=")
-            if not sep or name.upper() not in XFORWARD_NAMES:
+            decoded = _from_xtext(value)
+            if not sep or name.upper() not in XFORWARD_NAMES or decoded is None:
                 await self.push(str(replies.XFORWARD_BAD))
                 return
-            attrs[name.upper()] = value
+            attrs[name.upper()] = decoded  # the relay encodes it again for the next hop
         xforward = getattr(self.session, "xforward", {})
         xforward.update(attrs)
         self.session.xforward = xforward
