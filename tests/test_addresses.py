@@ -13,6 +13,10 @@ from mailseal.addresses import (
 )
 
 
+# 252 characters: an address with a one-letter local part is 254, the most SMTP allows.
+LONGEST_DOMAIN = ".".join(["b" * 63, "c" * 63, "d" * 63, "e" * 55, "test"])
+
+
 @pytest.mark.parametrize("text, owner", [
     ("bob@Example.ORG", "bob@example.org"),
     ("<bob@example.org>", "bob@example.org"),
@@ -32,12 +36,17 @@ from mailseal.addresses import (
     ("a@host.lan", "a@host.lan"),
     ("@Example.ORG", "@example.org"),
     ("@exämple.org", "@xn--exmple-cua.org"),
+    ("Ops@MailHost", "ops@mailhost"),  # an unqualified internal host, as a gateway serves
+    ("A" * 64 + "@b.test", "a" * 64 + "@b.test"),  # the longest local part (RFC 5321: 64)
+    ("a@" + LONGEST_DOMAIN, "a@" + LONGEST_DOMAIN),  # the longest address: 254 characters
 ])
 def test_normalisation(text, owner):
     assert parse_owner(text) == owner
 
 
-@pytest.mark.parametrize("text", ["", "bob", "bob@", "@", "a@@b.test", "a b@c.test", "@bad domain", "bob@-x.test"])
+@pytest.mark.parametrize("text", ["", "bob", "bob@", "@", "a@@b.test", "a b@c.test", "@bad domain", "bob@-x.test",
+                                  "ab@" + LONGEST_DOMAIN,  # an address over 254 characters
+                                  "<bob@b.test", "bob@b.test>"])  # brackets come in pairs, or the address is wrong
 def test_invalid_addresses(text):
     with pytest.raises(AddressError):
         parse_owner(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
@@ -101,3 +102,28 @@ def test_rng_hook_makes_encryption_reproducible(classic_identity):
 @given(st.binary(max_size=3 * CHUNK_SIZE // 2))
 def test_any_bytes_round_trip(classic_identity, plaintext):
     assert age.decrypt(age.encrypt(plaintext, [classic_identity.recipient()]), [classic_identity]) == plaintext
+
+
+def test_an_inserted_replayed_dropped_or_swapped_chunk_is_refused(classic_identity):
+    """STREAM binds each chunk to its place: a chunk added (random or a copy
+    of another), taken out or moved makes the whole file refused."""
+    data = age.encrypt(os.urandom(3 * CHUNK_SIZE + 5), [classic_identity.recipient()])
+    start = age.parse_header(data).size + age.NONCE_SIZE
+    chunk = [data[start + i * ENCRYPTED_CHUNK_SIZE : start + (i + 1) * ENCRYPTED_CHUNK_SIZE] for i in range(3)]
+    head, tail = data[:start], data[start + 3 * ENCRYPTED_CHUNK_SIZE :]
+    for name, chunks in {"inserted": [chunk[0], os.urandom(ENCRYPTED_CHUNK_SIZE), chunk[1], chunk[2]],
+                         "replayed": [chunk[0], chunk[0], chunk[1], chunk[2]],
+                         "dropped": [chunk[0], chunk[2]],
+                         "swapped": [chunk[1], chunk[0], chunk[2]]}.items():
+        with pytest.raises(age.AuthenticationError):
+            age.decrypt(head + b"".join(chunks) + tail, [classic_identity])
+            pytest.fail(name)
+
+
+def test_payload_pieces_encode_to_base64_one_by_one():
+    """encrypt_payload yields the payload in pieces that MIME base64 (57 bytes
+    a line) can encode one at a time, as bundles are written: the same lines
+    as encoding the whole payload at once."""
+    pieces = [bytes(p) for p in age.encrypt_payload(os.urandom(32), os.urandom(60 * CHUNK_SIZE))]
+    assert len(pieces) > 1
+    assert b"".join(base64.encodebytes(p) for p in pieces) == base64.encodebytes(b"".join(pieces))

@@ -20,6 +20,7 @@ Usage:
   tools/mutate.py --module replay --module age/stream
   tools/mutate.py --sample 40 --seed 1         a random sample of the mutants
   tools/mutate.py --list --module policy       the mutants, without running
+  tools/mutate.py --module bundle --grep :120:  only the mutants of line 120
 Exit status 1 when a score is below the threshold (the overall score for a
 sampled run), 2 for a usage or set-up error.
 """
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, help="run only this many mutants, chosen at random")
     parser.add_argument("--seed", type=int, default=0, help="the random seed of --sample")
     parser.add_argument("--threshold", type=float, help="minimum score in per cent (default: the config's)")
+    parser.add_argument("--grep", help="only the mutants whose `file:line: key` matches this regular expression")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--hypothesis-seed", type=int, help="seed of the property tests (default: the config's)")
@@ -237,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in selected:
             module.mutants = find_mutants(module.path, (REPO / module.path).read_bytes(), config["skip_calls"])
             stale = set(module.equivalent) - {m.key for m in module.mutants}
+            if args.grep:
+                module.mutants = [m for m in module.mutants if re.search(args.grep, f"{m.module}:{m.line}: {m.key}")]
             for key in sorted(stale):
                 print(f"warning: {config['equivalents']} lists {module.name}: {key!r}, which is no mutant "
                       "(the code changed: update or remove the entry)", file=sys.stderr)
