@@ -132,7 +132,8 @@ def test_signed_only_smime_is_not_taken_for_encrypted(world):
     done = subprocess.run(["openssl", "smime", "-sign", "-nodetach", "-binary", "-signer", str(cert), "-inkey",
                            str(key)], input=PLAIN, capture_output=True, timeout=60)
     assert done.returncode == 0 and b"signed-data" in done.stdout
-    signed = done.stdout.replace(b"\n", b"\r\n")
+    # As a mail client sends it: the signed entity with the message's own header fields.
+    signed = b"From: carol@c.test\r\nTo: bob@b.test\r\n" + done.stdout.replace(b"\n", b"\r\n")
     assert send(world, ["bob@b.test"], signed).data[0] == 250
     [got] = world["final"].wait(1)
     assert bytes(got.data) == signed  # delivered as it came: nothing to open
