@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__, age, bundle, cli_keys, mime
+from . import __version__, age, bundle, cli_help, cli_keys, mime
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -470,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_keys.add_commands(commands)
     _config_option_everywhere(parser)
+    cli_help.add_examples(parser)
     return parser
 
 

@@ -4,12 +4,17 @@ Postfix snippets, and the README's two commands."""
 from __future__ import annotations
 
 import configparser
+import contextlib
+import io
 import os
 import re
+import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import time
+import zipfile
 
 import pytest
 
@@ -141,3 +146,74 @@ def test_make_demo_shows_sealed_and_opened_forms(tmp_path):
     opened_part = out.split("== 4.")[1]
     assert "Mailseal-Status: opened" in opened_part and "revenue is up 12%" in opened_part
     assert "byte for byte (apart from the trace header): True" in out
+
+
+def _built_wheel(tmp_path):
+    """The wheel `pip wheel` makes of this checkout, offline (a copy, so no build/ is left here)."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "run", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "bench",
+        "tests"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                             "--quiet", "-w", str(tmp_path / "dist"), str(src)], capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    [wheel] = (tmp_path / "dist").glob("mailseal-*.whl")
+    return zipfile.ZipFile(wheel)
+
+
+def test_the_wheel_carries_configs_unit_sysusers_and_docs(tmp_path):
+    from mailseal import __version__
+
+    wheel = _built_wheel(tmp_path)
+    data = f"mailseal-{__version__}.data/data/"
+    shipped = {
+        "share/mailseal/config/mailseal.toml": "config/mailseal.toml",
+        "share/mailseal/config/mailseal.production.toml": "config/mailseal.production.toml",
+        "share/mailseal/postfix/main.cf": "config/postfix/main.cf",
+        "share/mailseal/postfix/master.cf": "config/postfix/master.cf",
+        "share/mailseal/systemd/mailseal.service": "systemd/mailseal.service",
+        "share/mailseal/systemd/mailseal.sysusers.conf": "systemd/mailseal.sysusers.conf",
+        "share/doc/mailseal/OPERATIONS.md": "docs/OPERATIONS.md",
+        "share/doc/mailseal/FORMAT.md": "docs/FORMAT.md",
+        "share/doc/mailseal/README.md": "README.md",
+    }
+    for installed, source in shipped.items():
+        assert wheel.read(data + installed) == (ROOT / source).read_bytes(), installed
+    # The unit's Documentation= names files the wheel installs under the
+    # prefix its ExecStart= runs mailseal from (/opt/mailseal: a venv).
+    unit = (ROOT / "systemd" / "mailseal.service").read_text()
+    prefix = re.search(r"^ExecStart=(\S+)/bin/mailseal serve$", unit, re.M).group(1)
+    documents = re.findall(r"^Documentation=(.+)$", unit, re.M)
+    urls = [u for line in documents for u in line.split()]
+    assert urls and all(u.startswith(f"file://{prefix}/") for u in urls), urls
+    for url in urls:
+        assert data + url.removeprefix(f"file://{prefix}/") in wheel.namelist(), url
+    ops = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    assert "systemd-sysusers" in ops and "mailseal.sysusers.conf" in ops
+
+
+def _subcommands(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_every_subcommand_has_help_with_examples():
+    from mailseal.cli import build_parser
+
+    commands = list(_subcommands(build_parser()))
+    assert ("keys", "init") in commands and ("check-config",) in commands
+    for command in [()] + commands:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([*command, "--help"])
+        text = out.getvalue()
+        assert exited.value.code == 0, command
+        examples = text.split("\nexamples:\n", 1)[1].splitlines() if "\nexamples:\n" in text else []
+        assert examples and all(e.startswith("  ") for e in examples), (command, text)
+        # each example uses the command it documents
+        assert any(" ".join(("mailseal", *command)) in e for e in examples), (command, examples)
