@@ -309,7 +309,6 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
         beat_read, beat_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            instance.die_with_parent(supervisor)
             os.close(read_fd)
             os.close(beat_read)
             if endpoint is not None:  # the supervisor's: a worker must not keep its port
@@ -317,6 +316,8 @@ def _supervise(path: Path, cfg: config_mod.Config) -> int:
             os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
             for sig in CONTROL_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            # After the reset: the supervisor's handler must not catch this one.
+            instance.die_with_parent(supervisor)
             code = 1
             try:
                 code = asyncio.run(run(path, worker=index, ready_fd=write_fd, heartbeat_fd=beat_write))
