@@ -75,6 +75,12 @@ EXAMPLES = {
   mailseal keys export @example.org > example.org.card""",
     "keys delete": """\
   mailseal keys delete ABCD-EFGH-IJKL-MNOP # for good: mail sealed to it no longer opens""",
+    "keys backup": """\
+  mailseal keys backup /root/keystore-$(date +%F).backup   # sealed under the master key
+  mailseal keys backup offsite.backup --passphrase-file /root/backup-passphrase""",
+    "keys restore": """\
+  mailseal keys restore /root/keystore-2026-11-30.backup   # into a fresh state directory
+  mailseal keys restore offsite.backup --passphrase-file /root/backup-passphrase --force""",
     "keys audit": """\
   mailseal keys audit
   mailseal keys audit --verify             # check the hash chain; note the head hash""",
