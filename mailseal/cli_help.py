@@ -58,6 +58,9 @@ EXAMPLES = {
   mailseal keys import @partner.example partner.card   # checks the card's fingerprint
   mailseal keys import carol@partner.example age1pq1…
   cat keys.txt | mailseal keys import @partner.example -""",
+    "keys import-secret": """\
+  P12_PASSWORD=… mailseal keys import-secret bob@example.org bob.p12 --password-env P12_PASSWORD
+  gpg --export-secret-keys bob@example.org | mailseal keys import-secret bob@example.org -""",
     "keys export": """\
   mailseal keys export @example.org > example.org.card""",
     "keys list": """\
