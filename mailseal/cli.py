@@ -137,7 +137,10 @@ def _signer(args: argparse.Namespace, message: bytes):
         key = signing.parse_signing_key(lines[0] if lines else "")
     except signing.SigningKeyError as exc:
         raise UserError(f"{args.sign}: {exc}") from None
-    name = args.signer or authenticity.domain_of(authenticity.from_address(message))
+    try:
+        name = args.signer or authenticity.domain_of(authenticity.senders([message])[0])
+    except authenticity.UnclearSender:
+        name = None
     if not name:
         raise UserError("no --signer and no From: address to take the signer's domain from")
     return name.removeprefix("@").lower(), key
@@ -214,8 +217,12 @@ def _verify(args: argparse.Namespace, opened: bundle.Opened):
     if not keys:
         raise UserError("--verify: no signing key in the given card(s)")
     signature = opened.signature
-    sender = authenticity.from_address(opened.chunks[0] if opened.chunks else b"")
-    return authenticity.assess(signature, keys.get(signature.signer, []) if signature else [], sender, None)
+    try:
+        senders = authenticity.senders(opened.chunks)
+    except authenticity.UnclearSender:
+        senders = None
+    found = signing.SignerKeys.of(keys.get(signature.signer, []) if signature else [])
+    return authenticity.assess(signature, found, senders, None)
 
 
 # --- check-config --------------------------------------------------------------

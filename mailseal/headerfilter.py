@@ -138,12 +138,12 @@ class HeaderFilter:
         """
         if not chunks:
             return []
-        count = _chunks_holding_head(chunks)
+        count = chunks_holding_head(chunks)
         first = chunks[0] if count == 1 else b"".join(chunks[:count])
         return [self.message(first), *chunks[count:]]
 
 
-def _chunks_holding_head(chunks: Sequence[bytes]) -> int:
+def chunks_holding_head(chunks: Sequence[bytes]) -> int:
     """How many leading chunks it takes to hold the header block and the
     empty line after it (all of them when there is none)."""
     tail = b"\n"  # the message starts at a line start

@@ -97,6 +97,25 @@ class VerifyKey:
                 raise BadSignature("ML-DSA-65") from None
 
 
+
+@dataclass(frozen=True)
+class SignerKeys:
+    """What a verifier has on file for one signer: the keys that verify, the
+    revoked ones (a signature they verify is a forgery, not an old sender),
+    and the kinds of every key ever recorded (a composite key on file means
+    the signer signs with both algorithms: an Ed25519-only signature is a
+    downgrade)."""
+
+    usable: tuple[VerifyKey, ...] = ()
+    revoked: tuple[VerifyKey, ...] = ()
+    kinds: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, keys) -> SignerKeys:
+        """Keys from a card: all usable."""
+        keys = tuple(keys)
+        return cls(keys, (), frozenset(k.kind for k in keys))
+
 def parse_verify_key(text: str) -> VerifyKey:
     kind, raw = _split_prefix(text, _PUBLIC_PREFIX, "signing public key")
     size = 32 + (MLDSA65_PUBLIC_SIZE if kind == HYBRID else 0)

@@ -87,9 +87,9 @@ def seal_and_open(sites, rcpt: str, plaintext: bytes, site: str = "b") -> bytes:
     return opened.data
 
 
-def trace_and_rest(data: bytes) -> tuple[bytes, bytes]:
+def trace_and_rest(data: bytes, status: bytes = b"unsigned") -> tuple[bytes, bytes]:
     trace, rest = data.split(b"\r\n", 1)
-    assert trace.startswith(b"Mailseal-Status: opened; unsigned; serial=")
+    assert trace.startswith(b"Mailseal-Status: opened; " + status + b"; serial=")
     return trace, rest
 
 
@@ -101,7 +101,8 @@ def test_forged_verdicts_are_removed_from_opened_mail_and_the_rest_is_byte_exact
 def test_a_plaintext_starting_with_a_continuation_line_does_not_extend_our_trace(sites):
     plaintext = b" injected; signed-by=bank.test\r\n\tverified=yes\r\n" + KEPT
     data = seal_and_open(sites, "bob@b.test", plaintext)
-    trace, rest = trace_and_rest(data)
+    # Such a header block does not name its sender beyond doubt: marked (under `any`).
+    trace, rest = trace_and_rest(data, b"unsigned; sender-unclear")
     assert rest == KEPT
     parsed = email.message_from_bytes(data, policy=email.policy.compat32)
     assert parsed.get_all("Mailseal-Status") == [trace.split(b": ", 1)[1].decode()]

@@ -155,3 +155,134 @@ def test_rotation_overlap_old_and_new_keys_verify(world):
     for sealed in (before, after):
         assert to_b(world, sealed).data[0] == 250
         assert b"signed-by=a.test (hybrid)" in status(delivered(world))
+
+
+# --- the claimed sender: every From: mailbox, from the whole header block -------------
+
+BARE = b"To: bob@b.test\r\nSubject: pay\r\n"
+PLAIN_BODY = b"\r\n" + BODY + b"\r\n"
+# Each names ceo@a.test to some reader; none may escape a.test's policy.
+DISGUISED_FROM = {
+    "quoted local part": b'From: CEO <"ceo"@a.test>\r\n' + BARE,
+    "trailing dot": b"From: CEO <ceo@a.test.>\r\n" + BARE,
+    "leading continuation line": b" x\r\nFrom: CEO <ceo@a.test>\r\n" + BARE,
+    "line without a colon": b"From: CEO <ceo@a.test>\r\n" + BARE + b"x\r\n",
+    "nested angle brackets": b"From: <<ceo@a.test>>\r\n" + BARE,
+    "encoded word only": b"From: =?utf-8?q?ceo=40a=2Etest?=\r\n" + BARE,
+    "hidden behind a bare CR": b"X-A: b\rFrom: ceo@a.test\r\n" + BARE,
+    "empty group first": b"From: undisclosed:;, ceo@a.test\r\n" + BARE,
+    "no From, only Sender": b"Sender: ceo@a.test\r\n" + BARE,
+    "second mailbox": b"From: x@evil.test, ceo@a.test\r\n" + BARE,
+    "second From field": b"From: x@evil.test\r\nFrom: ceo@a.test\r\n" + BARE,
+}
+
+
+def outsider_sealed(world, plaintext: bytes) -> bytes:
+    return bundle.seal(plaintext, [world["b_key"]], bind=["bob@b.test"])  # B's key is public
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["clear", "sealed-unsigned"])
+@pytest.mark.parametrize("name", DISGUISED_FROM)
+def test_a_disguised_from_never_escapes_the_senders_policy(world, name, sealed):
+    world["b"].cli("policy", "set", "--inbound", "@a.test", "signed")
+    plaintext = DISGUISED_FROM[name] + PLAIN_BODY
+    refused(world, to_b(world, outsider_sealed(world, plaintext) if sealed else plaintext,
+                        mail_from="x@evil.test"), b"5.7.1")
+
+
+def test_an_unclear_sender_is_delivered_marked_when_every_policy_is_any(world):
+    plaintext = DISGUISED_FROM["no From, only Sender"] + PLAIN_BODY
+    assert to_b(world, outsider_sealed(world, plaintext), mail_from="x@evil.test").data[0] == 250
+    assert status(delivered(world)).startswith(b"Mailseal-Status: opened; unsigned; sender-unclear; serial=")
+    assert to_b(world, plaintext, mail_from="x@evil.test").data[0] == 250
+    assert status(delivered(world)) == b"Mailseal-Status: clear; sender-unclear"
+    world["b"].cli("policy", "set", "--inbound", "@c.test", "sealed")  # any policy stricter than `any`
+    refused(world, to_b(world, plaintext, mail_from="x@evil.test"), b"5.7.1")
+    assert "refused:sender-unclear" in world["b"].log_text()
+
+
+def test_every_from_mailbox_must_be_the_signers(world):
+    # A signs as a.test; the second mailbox is another domain's.
+    sealed = through_a(world, b"From: ceo@a.test, x@c.test\r\n" + BARE + PLAIN_BODY)
+    refused(world, to_b(world, sealed), b"5.7.7")
+
+
+def header_padding(size: int) -> bytes:
+    lines = [b"X-Pad-%05d: %s\r\n" % (i, b"p" * 900) for i in range(size // 900 + 1)]
+    return b"".join(lines)
+
+
+def test_a_from_after_64_kib_of_header_is_judged(world):
+    world["b"].cli("policy", "set", "--inbound", "@a.test", "signed")
+    plaintext = BARE + header_padding(70 * 1024) + b"From: ceo@a.test\r\n" + PLAIN_BODY
+    refused(world, to_b(world, outsider_sealed(world, plaintext), mail_from="x@evil.test"), b"5.7.1")
+    assert "refused:unsigned" in world["b"].log_text()
+
+
+def test_a_first_chunk_ending_in_a_display_name_does_not_pick_the_sender(world):
+    # A partner's user (c.test, really signed by c.test) whose first 64 KiB
+    # chunk ends inside `From: "x@c.test` ...`: the address is ceo@a.test.
+    c_key = signing.generate()
+    import_signing_key(world, c_key, "@c.test")
+    head = BARE + header_padding(60 * 1024)
+    cut = b'From: "x@c.test'
+    head += b"X-Fill: " + b"f" * (65536 - len(head) - len(cut) - 10) + b"\r\n"
+    plaintext = head + cut + b'" <ceo@a.test>\r\n' + PLAIN_BODY
+    assert plaintext[:65536].endswith(cut)
+    sealed = bundle.seal(plaintext, [world["b_key"]], bind=["bob@b.test"], signer=("c.test", c_key))
+    refused(world, to_b(world, sealed, mail_from="x@c.test"), b"5.7.7")
+    assert "refused:signer-mismatch" in world["b"].log_text()
+
+
+def test_a_header_block_over_the_limit_leaves_the_sender_unclear(world):
+    world["b"].cli("policy", "set", "--inbound", "@a.test", "signed")
+    plaintext = b"From: x@evil.test\r\n" + BARE + header_padding(300 * 1024) + PLAIN_BODY
+    refused(world, to_b(world, outsider_sealed(world, plaintext), mail_from="x@evil.test"), b"5.7.1")
+    assert "refused:sender-unclear" in world["b"].log_text()
+
+
+# --- the signer's keys: downgrade and revocation ---------------------------------------
+
+def test_an_ed25519_signature_is_refused_when_a_composite_key_is_on_file(world):
+    composite, old = signing.generate(), signing.generate(signing.ED25519)
+    for key in (composite, old):  # the partner upgraded; the old card was never revoked
+        import_signing_key(world, key, "@d.test")
+    plaintext = message(sender="ceo@d.test")
+    for policy in ("any", "signed"):
+        world["b"].cli("policy", "set", "--inbound", "@d.test", policy)
+        sealed = bundle.seal(plaintext, [world["b_key"]], bind=["bob@b.test"], signer=("d.test", old))
+        refused(world, to_b(world, sealed, mail_from="ceo@d.test"), b"5.7.7")
+    assert "refused:signature-downgrade" in world["b"].log_text()
+    sealed = bundle.seal(plaintext, [world["b_key"]], bind=["bob@b.test"], signer=("d.test", composite))
+    assert to_b(world, sealed, mail_from="ceo@d.test").data[0] == 250
+    assert b"signed-by=d.test (hybrid)" in status(delivered(world))
+    world["b"].cli("policy", "unset", "--inbound", "@d.test")
+
+
+def test_a_signature_by_a_revoked_key_is_refused_under_every_policy(world):
+    key = signing.generate()
+    import_signing_key(world, key, "@e.test")  # e.test's only key, soon revoked
+    world["b"].cli("keys", "revoke", fingerprint(str(key.public())))
+    for policy in ("any", "sealed", "signed"):
+        world["b"].cli("policy", "set", "--inbound", "@e.test", policy)
+        sealed = bundle.seal(message(sender="ceo@e.test"), [world["b_key"]], bind=["bob@b.test"],
+                             signer=("e.test", key))
+        refused(world, to_b(world, sealed, mail_from="ceo@e.test"), b"5.7.7")
+    assert "refused:signer-key-revoked" in world["b"].log_text()
+    world["b"].cli("policy", "unset", "--inbound", "@e.test")
+
+
+# --- the envelope sender ------------------------------------------------------------
+
+@pytest.mark.parametrize("mail_from", ['"x y"@evil.test', "x@[127.0.0.1]"])
+def test_an_unparseable_envelope_sender_of_signed_mail_is_refused(world, mail_from):
+    refused(world, to_b(world, through_a(world, message()), mail_from=mail_from), b"5.7.7")
+
+
+def test_a_null_envelope_sender_is_judged_by_from_alone(world):
+    # Bounces are <>: the signature still binds the From: domain.
+    assert to_b(world, through_a(world, message()), mail_from="").data[0] == 250
+    assert b"signed-by=a.test (hybrid)" in status(delivered(world))
+    sealed = through_a(world, message(sender="ceo@c.test"))
+    refused(world, to_b(world, sealed, mail_from=""), b"5.7.7")
+

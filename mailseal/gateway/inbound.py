@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .. import age, authenticity, bundle, headerfilter, opening, partner_opening, replay
+from .. import age, authenticity, bundle, headerfilter, opening, partner_opening, replay, signing
 from ..keystore import KeystoreError, fingerprint
 from . import partner_inbound, replies
 from .handler import BaseHandler, log, message_id, queue_id
@@ -33,11 +33,16 @@ REFUSAL_REPLIES = {
 }
 AUTHENTICITY_REPLIES = {
     authenticity.SIGNATURE_INVALID: replies.SIGNATURE_INVALID,
+    authenticity.KEY_REVOKED: replies.SIGNATURE_INVALID,
+    authenticity.DOWNGRADE: replies.SIGNATURE_INVALID,
     authenticity.SIGNER_MISMATCH: replies.SIGNATURE_INVALID,
     authenticity.SIGNER_UNKNOWN: replies.NOT_SIGNED,
     authenticity.UNSIGNED: replies.NOT_SIGNED,
     authenticity.NOT_SEALED: replies.NOT_SEALED,
+    authenticity.SENDER_UNCLEAR: replies.SENDER_UNCLEAR,
 }
+# What delivered mail whose sender could not be named says (under `any`).
+UNCLEAR_MARK = "sender-unclear"
 
 
 def strip_mailseal_headers(message: bytes, strip: headerfilter.HeaderFilter) -> bytes:
@@ -63,6 +68,15 @@ REPLAY_REFUSALS = {
     replay.ClockWentBack: (replies.CLOCK_WENT_BACK, "clock-went-back"),
     replay.CacheUnavailable: (replies.REPLAY_CACHE_DOWN, "replay-cache-unavailable"),
 }
+
+
+def senders_of(chunks: list[bytes]) -> tuple[str, ...] | None:
+    """Every From: mailbox (canonical), or None when the header does not
+    name them beyond doubt (authenticity.senders)."""
+    try:
+        return authenticity.senders(chunks)
+    except authenticity.UnclearSender:
+        return None
 
 
 class Refusal(Exception):
@@ -120,7 +134,7 @@ class InboundHandler(BaseHandler):
                     self.log_message(qid, server, session, envelope, handled[0], handled[1], started, mid)
                     return self.finish(server, rcpts, handled[1])
             try:
-                self._admit(authenticity.from_address(message), None)
+                unclear = self._admit(senders_of([message]), None)
             except Refusal as refusal:
                 outcome = self._refuse(envelope, session, rcpts, message, refusal)
                 self.log_message(qid, server, session, envelope, f"refused:{refusal.reason}", outcome, started, mid)
@@ -131,6 +145,8 @@ class InboundHandler(BaseHandler):
             inbound = self.ctx.config.inbound
             data = strip_mailseal_headers(message, headerfilter.for_clear_mail(
                 inbound.strip_headers, inbound.strip_headers_from_clear_mail))
+            if unclear:
+                data = TRACE_HEADER + b": clear; " + UNCLEAR_MARK.encode() + b"\r\n" + data
             outcome = await self._deliver(envelope, session, rcpts, data, smtputf8, eight_bit)
             self.log_message(qid, server, session, envelope, "clear", outcome, started, mid)
             return self.finish(server, rcpts, outcome)
@@ -202,24 +218,35 @@ class InboundHandler(BaseHandler):
         self.log_message(qid, server, session, envelope, "opened", outcome, started, mid)
         return self.finish(server, rcpts, outcome)
 
-    def _admit(self, sender: str | None, verdict: authenticity.Verdict | None) -> None:
-        """Raise Refusal when the sending domain's inbound policy refuses this."""
-        parsed = self.address(sender) if sender else None
-        found = self.ctx.keystore.inbound_policy_for(parsed) if parsed else None
-        reason = authenticity.refusal(found[1] if found else None, verdict)
+    def _admit(self, senders: tuple[str, ...] | None, verdict: authenticity.Verdict | None) -> bool:
+        """Raise Refusal when an inbound policy refuses this: the policy of
+        every From: mailbox's domain, or, for a sender that could not be
+        named (None), the strictest policy on file. Return whether the
+        sender was unclear (and the mail goes, marked)."""
+        store = self.ctx.keystore
+        reason = None
+        if senders is None:
+            policy = authenticity.strictest(policy for _, policy, _ in store.list_inbound_policies())
+            reason = authenticity.refusal(policy, verdict, unclear=True)
+        for sender in senders or ():
+            parsed = self.address(sender)
+            found = store.inbound_policy_for(parsed) if parsed else None
+            reason = authenticity.refusal(found[1] if found else None, verdict)
+            if reason is not None:
+                break
         if reason is not None:
             raise Refusal(AUTHENTICITY_REPLIES[reason], reason)
+        return senders is None
 
     def _verdict(self, envelope, opened: bundle.Opened) -> authenticity.Verdict:
         """The sender signature checked against inner From: and envelope sender."""
-        sender = authenticity.from_address(opened.chunks[0] if opened.chunks else b"")
-        envelope_sender = self.address(envelope.mail_from) if envelope.mail_from else None
+        senders = senders_of(opened.chunks)
         signature = opened.signature
-        keys = self.ctx.keystore.verify_keys_for(signature.signer) if signature is not None else []
-        verdict = authenticity.assess(signature, keys, sender,
-                                      envelope_sender.owner if envelope_sender else None,
+        keys = self.ctx.keystore.signer_keys(signature.signer) if signature is not None else signing.SignerKeys()
+        verdict = authenticity.assess(signature, keys, senders, envelope.mail_from,
                                       self.ctx.config.inbound.signer_aliases)
-        self._admit(sender, verdict)
+        if self._admit(senders, verdict):
+            return authenticity.Verdict(f"{verdict.status}; {UNCLEAR_MARK}", verdict.reason)
         return verdict
 
     def _mailbox(self, rcpt: str) -> str:

@@ -48,8 +48,11 @@ def _candidates(handler, rcpts: list[str], form: str) -> dict[str, list]:
 def _signer_certificates(handler, message: bytes):
     """pysequoia's store callback: the OpenPGP certificates imported for the
     outer From: address (or its domain); a signature by anyone else names nobody."""
-    sender = authenticity.from_address(message)
-    parsed = handler.address(sender) if sender else None
+    try:
+        senders = authenticity.senders([message])
+    except authenticity.UnclearSender:
+        senders = ()
+    parsed = handler.address(senders[0]) if len(senders) == 1 else None
     texts = handler.ctx.keystore.partner_certificates_for(parsed).get("openpgp", []) if parsed else []
     if not texts:
         return None
@@ -62,7 +65,7 @@ def _signer_certificates(handler, message: bytes):
 async def handle(handler, server, envelope, session, rcpts: list[str], message: bytes, form: str,
                  smtputf8: bool, eight_bit: bool) -> tuple[str, dict] | None:
     """(decision for the log, outcome) or None when no recipient has keys of this format."""
-    from .inbound import Refusal, delivered_pieces, strip_mailseal_headers  # inbound imports this module
+    from .inbound import UNCLEAR_MARK, Refusal, senders_of, delivered_pieces, strip_mailseal_headers  # (a cycle)
 
     candidates = _candidates(handler, rcpts, form)
     if not candidates:
@@ -80,7 +83,7 @@ async def handle(handler, server, envelope, session, rcpts: list[str], message: 
             raise Refusal(replies.TAMPERED, "tampered") from None
         if result.opened is None:
             raise Refusal(replies.NO_IDENTITY, partner_opening.NO_MATCHING_KEY)
-        handler._admit(authenticity.from_address(result.opened.message), None)
+        unclear = handler._admit(senders_of([result.opened.message]), None)
     except Refusal as refusal:
         return f"refused:{refusal.reason}", handler._refuse(envelope, session, rcpts, message, refusal)
     refused = {r: Refusal(replies.NO_IDENTITY, reason) for r, reason in result.refused.items()}
@@ -92,6 +95,7 @@ async def handle(handler, server, envelope, session, rcpts: list[str], message: 
         outcome.update(handler._refuse(envelope, session, [rcpt], message, refusal))
     opened = result.opened
     status = f"{partner_opening.SIGNED_BY}={','.join(opened.signers)}" if opened.signers else opened.signature
+    status += f"; {UNCLEAR_MARK}" if unclear else ""
     trace = f"opened-{form}; {status}; key={fingerprint(opened.key)}"  # as `keys list` shows it
     inbound = handler.ctx.config.inbound
     pieces = delivered_pieces([opened.message], trace,

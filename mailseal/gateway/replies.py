@@ -69,6 +69,8 @@ MALFORMED = Reply(550, "5.6.0 Malformed sealed message")
 SIGNATURE_INVALID = Reply(550, "5.7.7 Sender signature invalid or not the sender's")
 NOT_SIGNED = Reply(550, "5.7.1 Mail from this sender must be sealed and signed by it")
 NOT_SEALED = Reply(550, "5.7.1 Mail from this sender must arrive sealed")
+SENDER_UNCLEAR = Reply(550, "5.7.1 Sender unclear: the message needs exactly one From: field that names "
+                            "its mailboxes plainly")
 REPLAYED = Reply(550, "5.7.0 Replayed sealed message refused (already delivered)")
 TOO_OLD = Reply(550, "5.7.0 Sealed message is older than the replay window")
 FROM_THE_FUTURE = Reply(451, "4.7.0 Sealed message is dated in the future (clock skew?), try again later")

@@ -420,18 +420,26 @@ class SQLiteKeyStore:
         """Keys that may verify a signature by `signer` (an address, or a domain
         without `@`): imported for exactly that owner, or our own; never a
         revoked or expired one. A retired own key still verifies (overlap)."""
-        return list(self._cached(("verify", signer), lambda: self._verify_keys_for(signer)))
+        return list(self.signer_keys(signer).usable)
 
-    def _verify_keys_for(self, signer: str) -> tuple[signing.VerifyKey, ...]:
+    def signer_keys(self, signer: str) -> signing.SignerKeys:
+        """Every signing key on file for exactly `signer`: the usable ones (as
+        verify_keys_for), the revoked ones, and the kinds of all of them."""
+        return self._cached(("verify", signer), lambda: self._signer_keys(signer))
+
+    def _signer_keys(self, signer: str) -> signing.SignerKeys:
         try:
             owner = _owner(signer if "@" in signer else "@" + signer)
         except KeystoreError:
-            return ()
+            return signing.SignerKeys()
         with _sqlite_errors(self.path):
             rows = self._db.execute(
-                f"SELECT recipient FROM keys WHERE owner = ? AND {_SIGNING} AND revoked IS NULL "
-                "AND (expires IS NULL OR expires > ?) ORDER BY id DESC", (owner, int(self._clock()))).fetchall()
-        return tuple(signing.parse_verify_key(text) for (text,) in rows)
+                f"SELECT recipient, revoked IS NOT NULL, expires IS NOT NULL AND expires <= ? FROM keys "
+                f"WHERE owner = ? AND {_SIGNING} ORDER BY id DESC", (int(self._clock()), owner)).fetchall()
+        keys = [(signing.parse_verify_key(text), revoked, expired) for text, revoked, expired in rows]
+        return signing.SignerKeys(usable=tuple(k for k, revoked, expired in keys if not revoked and not expired),
+                                  revoked=tuple(k for k, revoked, _ in keys if revoked),
+                                  kinds=frozenset(k.kind for k, _, _ in keys))
 
     def partner_certificates_for(self, address: Address) -> dict[str, list[str]]:
         """{kind: [certificate text]} of the most specific owner with usable
