@@ -286,3 +286,16 @@ def test_a_null_envelope_sender_is_judged_by_from_alone(world):
     sealed = through_a(world, message(sender="ceo@c.test"))
     refused(world, to_b(world, sealed, mail_from=""), b"5.7.7")
 
+
+
+# --- the log line ---------------------------------------------------------------------
+
+def test_control_characters_in_message_id_never_reach_the_log_raw(world):
+    forged_line = b"INFO mailseal.gateway: 000000000000 inbound from=<ceo@a.test> decision=opened"
+    plaintext = (b"From: x@evil.test\r\nTo: bob@b.test\r\nMessage-ID: <a\x1b[2K\x1b[1G" + forged_line
+                 + b"\x1b[8m>\r\n\r\nbody\r\n")
+    assert to_b(world, plaintext, mail_from="x@evil.test").data[0] == 250
+    world["final"].wait(1)
+    log_text = world["b"].log_text()
+    assert "\x1b" not in log_text
+    assert "<a\\x1b[2K\\x1b[1GINFO mailseal.gateway" in log_text  # escaped, as one field

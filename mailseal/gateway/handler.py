@@ -18,6 +18,18 @@ log = logging.getLogger("mailseal.gateway")
 _SIZE = re.compile(r"SIZE=(\S*)", re.I)
 
 
+def log_safe(text: str) -> str:
+    """A client-supplied value as it may stand in a log line: every character
+    that is not printable (ESC, other controls, bidi and format marks, line
+    separators) and the backslash written as a Python escape, so no client
+    can forge a log line or repaint a terminal."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                   else f"\\U{ord(c):08x}" for c in text)
+
+
 def queue_id() -> str:
     return os.urandom(6).hex().upper()
 
@@ -111,8 +123,9 @@ class BaseHandler:
         next_hop = ",".join(sorted({str(r.code) for r in outcome.values()})) or "-"
         queued = sorted({m.group(1) for r in outcome.values() if r.ok for m in [_QUEUED.search(r.text)] if m})
         fields = {"id": qid, "direction": self.direction,
-                  "queue_id": getattr(session, "xforward", {}).get("IDENT") or None,
-                  "from": envelope.mail_from, "message_id": message_id or None, "rcpts": len(rcpts),
+                  "queue_id": log_safe(getattr(session, "xforward", {}).get("IDENT") or "") or None,
+                  "from": log_safe(envelope.mail_from or ""), "message_id": log_safe(message_id) or None,
+                  "rcpts": len(rcpts),
                   **recipients_field([self._canonical(r) for r in rcpts], self.ctx.config.server.log_recipients),
                   "decision": decision, "reply": answered, "next_hop": next_hop,
                   "next_queue_id": ",".join(queued) or None, "took_ms": round((time.monotonic() - started) * 1000)}
