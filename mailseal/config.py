@@ -71,6 +71,10 @@ class OutboundConfig:
     # (a mailseal bundle, PGP/MIME, S/MIME), per recipient domain if listed.
     formats: tuple[str, ...] = FORMATS
     formats_by_domain: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # A second outbound listener that seals but never signs: for mail that
+    # came from outside and is forwarded (its envelope sender is nobody we
+    # authenticated), e.g. Postfix's re-injection of opened mail.
+    forward_listen: Endpoint | None = None
 
     def formats_for(self, domain: str) -> tuple[str, ...]:
         for name, order in self.formats_by_domain:
@@ -357,7 +361,12 @@ def from_dict(data: dict, base: Path, source: Path | None = None) -> Config:
             formats_by_domain=tuple(
                 (_domain(name, ob.where("formats_by_domain")), _formats(order, ob.where(f"formats_by_domain.{name}")))
                 for name, order in ob.get("formats_by_domain", {}, dict).items()),
+            forward_listen=(parse_endpoint(ob.get("forward_listen"), ob.where("forward_listen"))
+                            if ob.get("forward_listen") is not None else None),
         )
+        if outbound.forward_listen == outbound.listen:
+            raise ConfigError(f"{ob.where('forward_listen')}: must differ from [outbound] listen "
+                              f"(one listener signs, the other never does)")
         ob.check_unknown()
     if "inbound" in data:
         ib = _Section(data["inbound"], "inbound", base)

@@ -24,6 +24,9 @@ from .postfix import MASTER_COMMON, Postfix
 SHIPPED = ROOT / "config" / "postfix"
 STOCK_SERVICES = MASTER_COMMON.split("# The content filter transport")[0]
 SENDMAIL = shutil.which("sendmail") or "/usr/sbin/sendmail"
+# The loopback ports of the shipped files, and what a test host calls them.
+SHIPPED_PORTS = (("10025", "out"), ("10026", "out_reinject"), ("10027", "in"), ("10028", "in_reinject"),
+                 ("10029", "forward"))
 
 
 class RecipeHost(Postfix):
@@ -43,7 +46,7 @@ class RecipeHost(Postfix):
         os.chown(self.base / "mail", nobody.pw_uid, nobody.pw_gid)
         self.maildir = self.base / "mail" / "maildir"
         self.ports = {name: free_port() for name in ("smtp", "submission", "out", "out_reinject", "in",
-                                                     "in_reinject")}
+                                                     "in_reinject", "forward")}
         self.listen, self.reinject = self.ports["smtp"], self.ports["out_reinject"]
         site = [
             "compatibility_level = 3.6",
@@ -84,7 +87,7 @@ class RecipeHost(Postfix):
         """A shipped file with only its ports moved to free ones."""
         text = re.sub(r"^smtp( +)inet", f"127.0.0.1:{self.ports['smtp']} inet", text, flags=re.M)
         text = re.sub(r"^submission inet", f"127.0.0.1:{self.ports['submission']} inet", text, flags=re.M)
-        for shipped, ours in (("10025", "out"), ("10026", "out_reinject"), ("10027", "in"), ("10028", "in_reinject")):
+        for shipped, ours in SHIPPED_PORTS:
             text = text.replace(f"127.0.0.1]:{shipped}", f"127.0.0.1]:{self.ports[ours]}")
             text = text.replace(f"127.0.0.1:{shipped} ", f"127.0.0.1:{self.ports[ours]} ")
         return text
@@ -93,7 +96,7 @@ class RecipeHost(Postfix):
         text = (ROOT / "config" / "mailseal.production.toml").read_text()
         state = self.base / "mailseal"
         text = text.replace("/var/lib/mailseal", str(state)).replace("/etc/mailseal", str(state))
-        for shipped, ours in (("10025", "out"), ("10026", "out_reinject"), ("10027", "in"), ("10028", "in_reinject")):
+        for shipped, ours in SHIPPED_PORTS:
             text = text.replace(f"127.0.0.1:{shipped}", f"127.0.0.1:{self.ports[ours]}")
         daemon = Daemon(state, outbound={}, inbound={})
         daemon.config.write_text(text)

@@ -7,6 +7,7 @@ hosts must never see the text of mail for a `require` recipient."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -25,10 +26,10 @@ def message(n: int, to: str) -> bytes:
             f"Message-ID: <recipe-{n}@a.test>\r\n\r\nSECRET-{n} quarterly figures\r\n").encode()
 
 
-def swaks(port: int, to: str, data: bytes, tmp_path) -> subprocess.CompletedProcess:
+def swaks(port: int, to: str, data: bytes, tmp_path, sender: str = "alice@a.test") -> subprocess.CompletedProcess:
     path = tmp_path / f"msg-{time.monotonic_ns()}.eml"
     path.write_bytes(data)
-    return subprocess.run([SWAKS, "--server", f"127.0.0.1:{port}", "--from", "alice@a.test", "--to", to,
+    return subprocess.run([SWAKS, "--server", f"127.0.0.1:{port}", "--from", sender, "--to", to,
                            "--data", str(path), "--helo", "client.a.test"], capture_output=True, timeout=120)
 
 
@@ -44,6 +45,10 @@ def hosts():
     card.write_text(b.mailseal.cli("keys", "export", "@b.test"))
     a.mailseal.cli("keys", "import", "@b.test", str(card))
     a.mailseal.cli("policy", "set", "@b.test", "require")
+    a.mailseal.cli("keys", "generate", "@a.test")  # a.test signs what its users send
+    a_card = a.base / "a.card"
+    a_card.write_text(a.mailseal.cli("keys", "export", "@a.test"))
+    b.mailseal.cli("keys", "import", "@a.test", str(a_card))
     started = []
     try:
         for host in (b, a):
@@ -114,3 +119,26 @@ def test_local_mail_stays_in_clear_and_is_delivered(hosts, tmp_path):
     assert out.returncode == 0, out.stdout.decode()[-2000:]
     got = arrives(hosts["a"], b"SECRET-5")
     assert b"SECRET-5" not in hosts["wire"].captured and b"Mailseal-Status" not in got
+
+
+def trace(delivered: bytes) -> bytes:
+    [found] = re.findall(rb"(?m)^Mailseal-Status: ([^\r\n]*)", delivered)
+    return found
+
+
+def test_submission_on_587_arrives_signed_by_the_senders_domain(hosts, tmp_path):
+    out = swaks(hosts["a"].ports["submission"], "bob@b.test", message(6, "bob@b.test"), tmp_path)
+    assert out.returncode == 0, out.stdout.decode()[-2000:]
+    got = arrives(hosts["b"], b"SECRET-6", hosts["a"])
+    assert trace(got).startswith(b"opened; signed-by=a.test (hybrid); serial=")
+
+
+def test_mail_from_outside_forwarded_by_an_alias_is_never_signed(hosts, tmp_path):
+    """An outsider writes MAIL FROM:<ceo@a.test> to a.test's alias that
+    forwards to b.test: a.test seals the forward but does not sign it, so
+    b.test never reads it as a.test's."""
+    out = swaks(hosts["a"].ports["smtp"], "fwd@a.test", message(7, "fwd@a.test"), tmp_path, sender="ceo@a.test")
+    assert out.returncode == 0, out.stdout.decode()[-2000:]
+    got = arrives(hosts["b"], b"SECRET-7", hosts["a"])
+    assert trace(got).startswith(b"opened; unsigned; serial=")
+    assert_sealed_on_the_wire(hosts["wire"], b"SECRET-7")

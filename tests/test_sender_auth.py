@@ -8,7 +8,7 @@ import pytest
 from mailseal import bundle, signing
 from mailseal.keystore import fingerprint, parse_cards
 
-from .harness import Daemon, Sink, smtp_transaction
+from .harness import Daemon, Sink, free_port, smtp_transaction, wait_for_port
 
 BODY = b"wire 1,000,000 to account 42"
 
@@ -23,7 +23,9 @@ def world(tmp_path_factory):
     with Sink() as final, Sink() as wire:
         b = Daemon(root / "b", inbound={"next_hop": f"127.0.0.1:{final.port}"})
         b.cli("keys", "generate", "@b.test")
-        a = Daemon(root / "a", outbound={"next_hop": f"127.0.0.1:{wire.port}"})
+        forward_port = free_port()
+        a = Daemon(root / "a", outbound={"next_hop": f"127.0.0.1:{wire.port}",
+                                         "forward_listen": f"127.0.0.1:{forward_port}"})
         a.cli("keys", "generate", "@a.test")
         (root / "b.card").write_text(b.cli("keys", "export", "@b.test"))
         (root / "a.card").write_text(a.cli("keys", "export", "@a.test"))
@@ -32,8 +34,10 @@ def world(tmp_path_factory):
         b_key = parse_cards((root / "b.card").read_text())[0].recipient
         for daemon in (a, b):
             daemon.start()
+        wait_for_port(forward_port)
         try:
-            yield {"a": a, "b": b, "final": final, "wire": wire, "b_key": b_key, "root": root}
+            yield {"a": a, "b": b, "final": final, "wire": wire, "b_key": b_key, "root": root,
+                   "a_forward": forward_port}
         finally:
             for daemon in (a, b):
                 daemon.stop()
@@ -299,3 +303,31 @@ def test_control_characters_in_message_id_never_reach_the_log_raw(world):
     log_text = world["b"].log_text()
     assert "\x1b" not in log_text
     assert "<a\\x1b[2K\\x1b[1GINFO mailseal.gateway" in log_text  # escaped, as one field
+
+
+# --- what A signs -------------------------------------------------------------------
+
+def test_the_forward_listener_seals_but_never_signs(world):
+    # An outsider's MAIL FROM:<ceo@a.test>, forwarded by an a.test alias (Postfix
+    # re-injects it to forward_listen): sealed for B, but not in a.test's name.
+    t = smtp_transaction(world["a_forward"], "ceo@a.test", ["bob@b.test"], message())
+    assert t.data[0] == 250, t
+    [sealed] = world["wire"].wait(1)
+    world["wire"].messages.clear()
+    assert b"multipart/encrypted" in sealed.data and BODY not in sealed.data
+    assert to_b(world, sealed.data).data[0] == 250
+    assert status(delivered(world)).startswith(b"Mailseal-Status: opened; unsigned; ")
+    world["b"].cli("policy", "set", "--inbound", "@a.test", "signed")
+    refused(world, to_b(world, sealed.data), b"5.7.1")
+
+
+def test_forward_listen_is_a_listener_of_its_own(tmp_path):
+    from mailseal import config as config_mod
+
+    def outbound(**values):
+        return config_mod.from_dict({"outbound": values}, tmp_path).outbound
+
+    assert outbound().forward_listen is None  # off unless configured
+    assert outbound(forward_listen="127.0.0.1:10029").forward_listen.port == 10029
+    with pytest.raises(config_mod.ConfigError, match=r"\[outbound\] forward_listen: must differ"):
+        outbound(listen="127.0.0.1:10025", forward_listen="127.0.0.1:10025")

@@ -100,6 +100,9 @@ def plan(todo: dict[str, policy.Decision], message: bytes) -> tuple[list[policy.
 
 class OutboundHandler(BaseHandler):
     direction = "outbound"
+    # Signs with the envelope sender's key: whatever feeds this listener must
+    # have authenticated that sender (Postfix: reject_sender_login_mismatch).
+    signs = True
 
     def decide(self, address) -> policy.Decision:
         outbound = self.ctx.config.outbound
@@ -188,7 +191,7 @@ class OutboundHandler(BaseHandler):
             try:
                 # Signed with the envelope sender's key, else its domain's (if we hold one).
                 sender = self.address(envelope.mail_from) if envelope.mail_from else None
-                signer = self.ctx.keystore.signing_key_for(sender) if sender else None
+                signer = self.ctx.keystore.signing_key_for(sender) if sender and self.signs else None
                 if copy.format != policy.AGE:  # PGP/MIME or S/MIME: no binding, no mailseal signature
                     data = await asyncio.to_thread(partner_copy.seal, copy.format, message, copy.certificates)
                 else:
@@ -203,3 +206,13 @@ class OutboundHandler(BaseHandler):
         next_hop = self.ctx.outbound_next_hop
         return await next_hop.deliver(Envelope(envelope.mail_from, copy.rcpts, data, smtputf8, eight_bit,
                                                session_xforward(session)))
+
+
+class ForwardHandler(OutboundHandler):
+    """`[outbound] forward_listen`: seals like the outbound listener, never
+    signs. For mail from outside passed on (an alias to a remote address):
+    its envelope sender was never authenticated, so signing it would lend
+    our name to whoever wrote MAIL FROM."""
+
+    direction = "forward"
+    signs = False

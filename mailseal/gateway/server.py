@@ -11,6 +11,7 @@ completion); [metrics] serves /metrics and /health from a thread
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from ..replay import ReplayCache, Window
 from . import instance
 from .inbound import InboundHandler
 from .notify import Monitor, Pulse, reloading, sd_notify
-from .outbound import OutboundHandler
+from .outbound import ForwardHandler, OutboundHandler
 from .relay import next_hop_for
 from .smtp import Admission, make_server, reconfigure
 
@@ -35,6 +36,7 @@ STOP_GRACE = 60.0
 # Blocked in a worker from its fork until its event loop handles them, so a
 # SIGTERM that comes while it starts stops it cleanly instead of killing it.
 CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+HANDLERS = {"outbound": OutboundHandler, "forward": ForwardHandler, "inbound": InboundHandler}
 
 
 @dataclass
@@ -105,6 +107,8 @@ class Gateway:
         out = []
         if cfg.outbound is not None:
             out.append(("outbound", cfg.outbound))
+            if cfg.outbound.forward_listen is not None:
+                out.append(("forward", dataclasses.replace(cfg.outbound, listen=cfg.outbound.forward_listen)))
         if cfg.inbound is not None:
             out.append(("inbound", cfg.inbound))
         return out
@@ -112,7 +116,7 @@ class Gateway:
     async def start(self, reuse_port: bool = False) -> None:
         cfg = self.ctx.config
         for name, section in self._listen:
-            handler = (OutboundHandler if name == "outbound" else InboundHandler)(self.ctx)
+            handler = HANDLERS[name](self.ctx)
             factory = make_server(handler, protocol=section.protocol,
                                   allowed_clients=cfg.server.allowed_clients,
                                   max_message_size=handler.size_limit(),
@@ -130,7 +134,7 @@ class Gateway:
                 log.warning("outbound listener in shadow mode: nothing is sealed or refused, mail passes "
                             "unchanged; decisions are only logged")
             log.info("%s listener (%s) on %s, next hop %s", name, section.protocol.upper(), section.listen,
-                     self.ctx.outbound_next_hop if name == "outbound" else self.ctx.inbound_next_hop)
+                     self.ctx.inbound_next_hop if name == "inbound" else self.ctx.outbound_next_hop)
 
     def reload(self, path: Path) -> None:
         sd_notify(reloading())
