@@ -128,7 +128,8 @@ class Gateway:
                 server = await loop.create_server(factory, section.listen.host, section.listen.port,
                                                   reuse_address=True, reuse_port=reuse_port or None)
             except OSError as exc:
-                raise config_mod.ConfigError(f"[{name}] listen = {section.listen}: {exc.strerror}") from None
+                setting = "[outbound] forward_listen" if name == "forward" else f"[{name}] listen"
+                raise config_mod.ConfigError(f"{setting} = {section.listen}: {exc.strerror}") from None
             self.servers.append(server)
             if name == "outbound" and section.mode == "shadow":
                 log.warning("outbound listener in shadow mode: nothing is sealed or refused, mail passes "
