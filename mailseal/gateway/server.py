@@ -131,9 +131,9 @@ class Gateway:
                 setting = "[outbound] forward_listen" if name == "forward" else f"[{name}] listen"
                 raise config_mod.ConfigError(f"{setting} = {section.listen}: {exc.strerror}") from None
             self.servers.append(server)
-            if name == "outbound" and section.mode == "shadow":
-                log.warning("outbound listener in shadow mode: nothing is sealed or refused, mail passes "
-                            "unchanged; decisions are only logged")
+            if name != "inbound" and section.mode == "shadow":
+                log.warning("%s listener in shadow mode: nothing is sealed or refused, mail passes "
+                            "unchanged; decisions are only logged", name)
             log.info("%s listener (%s) on %s, next hop %s", name, section.protocol.upper(), section.listen,
                      self.ctx.inbound_next_hop if name == "inbound" else self.ctx.outbound_next_hop)
 
