@@ -176,18 +176,28 @@ def _listeners(cfg: config_mod.Config, broken: set, key: str = "listen") -> list
             if section is not None and _usable(broken, name, key)]
 
 
+def _listen_settings(cfg: config_mod.Config, broken: set) -> list[tuple[str, str, config_mod.Endpoint]]:
+    """(section, setting, endpoint) of every listener: listen, and [outbound] forward_listen."""
+    out = [(name, "listen", section.listen) for name, section in _listeners(cfg, broken)]
+    if cfg.outbound is not None and cfg.outbound.forward_listen is not None and \
+            _usable(broken, "outbound", "forward_listen"):
+        out.append(("outbound", "forward_listen", cfg.outbound.forward_listen))
+    return out
+
+
 def check_listeners(cfg: config_mod.Config, broken: set, report: Report) -> None:
-    listeners = _listeners(cfg, broken)
-    for i, (name, section) in enumerate(listeners):
-        for other, other_section in listeners[i + 1:]:
-            if _same_socket(section.listen, other_section.listen):
-                report.problem(f"[{name}] listen = {section.listen} and [{other}] listen = "
-                               f"{other_section.listen} overlap: give each listener its own port")
+    listeners = _listen_settings(cfg, broken)
+    for i, (name, key, endpoint) in enumerate(listeners):
+        for other, other_key, other_endpoint in listeners[i + 1:]:
+            if _same_socket(endpoint, other_endpoint):
+                report.problem(f"[{name}] {key} = {endpoint} and [{other}] {other_key} = "
+                               f"{other_endpoint} overlap: give each listener its own port")
     for name, section in _listeners(cfg, broken, "next_hop"):
         hop = section.next_hop.endpoint
-        for target, target_section in listeners:
-            if hop is not None and _same_socket(hop, target_section.listen):
-                itself = "its own listener" if target == name else f"the [{target}] listener"
+        for target, target_key, endpoint in listeners:
+            if hop is not None and _same_socket(hop, endpoint):
+                itself = ("its own listener" if (target, target_key) == (name, "listen") else
+                          f"the [{target}] listener" if target_key == "listen" else f"[{target}] {target_key}")
                 report.problem(f"[{name}] next_hop = {hop} is {itself}: mail would loop through mailseal "
                                "instead of going back to the MTA")
 

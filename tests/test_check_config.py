@@ -77,6 +77,26 @@ def test_a_next_hop_into_the_other_listener_and_a_clean_configuration(tmp_path):
     assert f"[inbound] next_hop = 127.0.0.1:{d.outbound_port} is the [outbound] listener: mail would loop" in lines[0]
 
 
+def test_the_forward_listener_is_checked_like_the_others(tmp_path):
+    d = Daemon(tmp_path / "gw", outbound={"next_hop": "127.0.0.1:10026"},
+               inbound={"next_hop": "127.0.0.1:10028", "replay_window": "7d"})
+    d.cli("keys", "init")
+    base = d.config.read_text()
+    # The inbound next hop into the forward listener, and the forward listener on the inbound one.
+    d.config.write_text(base.replace('next_hop = "127.0.0.1:10026"', 'next_hop = "127.0.0.1:10026"\n'
+                                     f'forward_listen = "127.0.0.1:{d.inbound_port}"')
+                        .replace("127.0.0.1:10028", f"127.0.0.1:{d.inbound_port}"))
+    status, lines, _ = check(d.config)
+    assert status == 2 and len(lines) == 3, lines
+    assert f"[inbound] listen = 127.0.0.1:{d.inbound_port} and [outbound] forward_listen = " in lines[0]
+    assert f"[inbound] next_hop = 127.0.0.1:{d.inbound_port} is its own listener" in lines[1]
+    assert "is [outbound] forward_listen: mail would loop" in lines[2]
+    d.config.write_text(base.replace('next_hop = "127.0.0.1:10026"', 'next_hop = "127.0.0.1:10026"\n'
+                                     f'forward_listen = "127.0.0.1:{d.outbound_port}"'))
+    status, lines, _ = check(d.config)
+    assert status == 2 and len(lines) == 1 and "[outbound] forward_listen: must differ" in lines[0], lines
+
+
 def _expire(daemon, owner: str, when: float) -> None:
     db = sqlite3.connect(daemon.dir / "state" / "keystore.sqlite3")
     db.execute("UPDATE keys SET expires = ? WHERE owner = ?", (int(when), owner))
