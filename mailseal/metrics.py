@@ -23,12 +23,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-DIRECTIONS = ("outbound", "inbound")
+DIRECTIONS = ("outbound", "forward", "inbound")  # forward: [outbound] forward_listen
 DECISIONS = ("sealed", "clear", "opened", "refused", "quarantined", "deferred", "shadow")
 REASONS = ("policy-require", "bad-address", "keystore-unavailable", "replayed", "too-old", "from-the-future",
            "tampered", "malformed", "no-local-key", "no-matching-key", "not-bound", "version-1-refused",
            "replay-cache-unavailable", "unsigned", "signature-invalid", "signer-unknown", "signer-mismatch",
-           "not-sealed", "other")
+           "not-sealed", "signer-key-revoked", "signature-downgrade", "sender-unclear", "other")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -105,6 +105,37 @@ def test_counters_gauges_and_health_of_one_process(tmp_path):
             d.stop()
 
 
+def test_the_forward_listener_is_counted_as_its_own_direction(tmp_path):
+    metrics_port, forward_port = free_port(), free_port()
+    with Sink() as wire, Sink() as final:
+        d = Daemon(tmp_path / "g", outbound={"next_hop": f"127.0.0.1:{wire.port}",
+                                             "forward_listen": f"127.0.0.1:{forward_port}"},
+                   inbound={"next_hop": f"127.0.0.1:{final.port}"})
+        with open(d.config, "a") as config:
+            config.write(f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+        d.cli("keys", "generate", "bob@b.test")
+        card = tmp_path / "bob.card"
+        card.write_text(d.cli("keys", "export", "bob@b.test"))
+        d.cli("keys", "import", "bob@b.test", str(card))
+        d.start()
+        try:
+            wait_for_port(forward_port)
+            assert smtp_transaction(forward_port, "alice@a.test", ["bob@b.test"], MESSAGE).data[0] == 250
+            [sealed] = wire.wait(1)
+            assert b"multipart/encrypted" in sealed.data
+            code, text = get(metrics_port, "/metrics")
+            assert code == 200
+            assert sample(text, "mailseal_messages_total", direction="forward", decision="sealed") == 1
+            assert sample(text, "mailseal_messages_total", direction="outbound", decision="sealed") == 0
+            d.cli("policy", "set", "--inbound", "@c.test", "signed")
+            unclear = b"Sender: ceo@a.test\r\nTo: bob@b.test\r\n\r\nno From\r\n"
+            assert smtp_transaction(d.inbound_port, "x@evil.test", ["bob@b.test"], unclear).data[0] == 550
+            code, text = get(metrics_port, "/metrics")
+            assert sample(text, "mailseal_refusals_total", direction="inbound", reason="sender-unclear") == 1
+        finally:
+            d.stop()
+
+
 def test_several_workers_give_one_view_that_survives_a_worker(tmp_path):
     metrics_port = free_port()
     with Sink() as sink:
