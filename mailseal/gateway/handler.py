@@ -34,18 +34,6 @@ def log_safe(text: str) -> str:
                    else f"\\U{ord(c):08x}" for c in text)
 
 
-def log_safe(text: str) -> str:
-    """A client-supplied value as it may stand in a log line: every character
-    that is not printable (ESC, other controls, bidi and format marks, line
-    separators) and the backslash written as a Python escape, so no client
-    can forge a log line or repaint a terminal."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(c if c.isprintable() and c != "\\" else
-                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000
-                   else f"\\U{ord(c):08x}" for c in text)
-
-
 def queue_id() -> str:
     return os.urandom(6).hex().upper()
 
