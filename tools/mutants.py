@@ -44,7 +44,8 @@ class Mutant:
         return source[: self.start] + self.text + source[self.end :]
 
     def describe(self) -> str:
-        return f"{self.module}:{self.line}: {self.change}  [{self.key.split(' :: ')[0]}]"
+        where, _, change = self.key.rpartition(" :: ")
+        return f"{self.module}:{self.line}: {change}  [{where}]"  # change keeps its #n
 
 
 def _dotted(node: ast.AST) -> str:
