@@ -715,6 +715,7 @@ class SQLiteKeyStore:
     def partner_certificate_expired(self, address: Address) -> bool:
         """True when the most specific owner holds S/MIME or OpenPGP certificates
         and all of them are expired (not revoked): the RCPT reply says so."""
+        self._checked()  # what is read here was verified too
         rows = self._select_first_owner(
             f"SELECT owner, expires FROM keys WHERE scope = 'remote' AND {_PARTNER} AND owner IN ({{owners}}) "
             "AND revoked IS NULL", self._owners(address))
